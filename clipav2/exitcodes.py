@@ -1,0 +1,12 @@
+"""Process exit codes the launch scripts act on (documented in docs/launch.md).
+
+PREEMPTED: SIGTERM/SIGUSR1 received, the step finished and a checkpoint was written: requeue.
+BUDGET: the budget guard stopped the run with a checkpoint: do NOT requeue.
+DIVERGED: too many consecutive non-finite steps: a checkpoint was written; a human should look.
+CONFIG: the configuration or command line was rejected before anything was built.
+"""
+OK = 0
+CONFIG = 2
+PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
+BUDGET = 76
+DIVERGED = 77
