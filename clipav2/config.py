@@ -54,6 +54,7 @@ class DataConfig:
     prefetch: int = 4
     pin_memory: bool = True
     fast_decode: bool = True
+    demo: bool = False  # train/eval on the generated demo data set (RUN_DIR/demo_data, made if missing)
 
 
 @dataclass
@@ -83,6 +84,12 @@ class LogConfig:
     every_steps: int = 10
     tensorboard: bool = True
     progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    at_stage_end: bool = True  # zero-shot eval after each stage -> RUN_DIR/eval.jsonl
+    batch_size: int = 256
 
 
 @dataclass
@@ -151,6 +158,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     stages: list[StageConfig] = field(default_factory=list)
@@ -288,6 +296,8 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"model.ln_eps: {m.ln_eps} must be in (0, 1)")
     p = cfg.parallel
     _check_choice("parallel.strategy", p.strategy, STRATEGIES)
+    if p.strategy == "single" and world_size is not None and world_size > 1:
+        raise ConfigError(f"parallel.strategy: single runs one process but the launcher started {world_size}; use ddp, fsdp or deepspeed")
     _check_choice("parallel.zero_stage", p.zero_stage, (1, 2, 3))
     _check_choice("parallel.precision", p.precision, PRECISIONS)
     _positive("parallel.micro_batch", p.micro_batch)
@@ -310,6 +320,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
     if cfg.checkpoint.every_minutes <= 0:
         raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
     _positive("log.every_steps", cfg.log.every_steps)
+    _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
     if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:
@@ -438,15 +449,26 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 
 def check_data_paths(cfg: Config) -> None:
-    """Training needs shards; say so before building anything."""
-    if not cfg.data.train:
-        raise ConfigError("data.train: no training shards given (a pattern like /data/shards/{00000..00099}.tar)")
+    """Training needs shards (and evaluation its set); say so before building anything. With
+    `data.demo` the training and evaluation sets are generated into the run directory, so a
+    missing `data.train` / `data.eval` is fine there."""
+    d = cfg.data
+    if not d.train and not d.demo:
+        raise ConfigError("data.train: no training shards given (a pattern like /data/shards/{00000..00099}.tar, or data.demo=true)")
     from clipav2.data.shards import expand_urls  # the data package owns pattern semantics
 
-    try:
-        expand_urls(cfg.data.train)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"data.train: {e}") from None
+    for key in ("train", "eval", "retrieval"):
+        value = getattr(d, key)
+        if not value or (key == "eval" and Path(value).is_dir()):
+            continue
+        try:
+            expand_urls(value)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.{key}: {str(e).splitlines()[0] if str(e) else value!r}") from None
+    for key in ("eval_classnames", "eval_templates"):
+        value = getattr(d, key)
+        if value not in ("imagenet", "demo") and not Path(value).is_file():
+            raise ConfigError(f"data.{key}: {value!r} is not imagenet, demo, or an existing text file")
 
 
 def to_dict(cfg: Config) -> dict:

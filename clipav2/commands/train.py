@@ -1,0 +1,36 @@
+"""`clipav2 train CONFIG [key=value ...] [--stage NAME]`: run every stage of a recipe in order,
+resuming where RUN_DIR stopped. The whole config (data paths included) is checked before anything
+is built, so a typo costs a second, not a queue slot."""
+import os
+import sys
+
+from clipav2 import exitcodes
+from clipav2.config import ConfigError, load_config
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="a recipe YAML, e.g. configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.pretrain.samples=4096 run_dir=runs/x")
+    parser.add_argument("--stage", help="run only this stage (resuming it if RUN_DIR has a checkpoint of it)")
+
+
+def launcher_world_size() -> int:
+    """The world size the launcher promises (torchrun / deepspeed: WORLD_SIZE; SLURM: SLURM_NTASKS),
+    read before any process group exists so batch divisibility is checked first."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def main(args) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
+        if args.stage is not None:
+            cfg.stage(args.stage)
+    except ConfigError as e:
+        print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+    from clipav2.train.loop import train  # heavy imports only once the config is known good
+
+    return train(cfg, only_stage=args.stage)
