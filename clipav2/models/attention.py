@@ -1,0 +1,82 @@
+"""Attention backends behind one signature, selected by `ClipArch.attention`.
+
+Every backend takes q, k, v of shape (B, T, heads, head_dim) and returns the same shape, with no
+mask (CLIPA masks nothing: the text tower is bidirectional and padding is attended to).
+flash-attn and xformers are optional (`pip install 'clipav2[gpu]'`) and imported only when chosen.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("sdpa", "flash_attn", "xformers")
+
+
+def _sdpa(q, k, v):
+    # torch picks its kernel; on CUDA with bf16/fp16 that is FlashAttention-2.
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def _missing(name: str, package: str) -> ImportError:
+    return ImportError(
+        f"attention backend {name!r} needs the {package} package, which is not installed: "
+        f"pip install 'clipav2[gpu]' (or choose attention='sdpa')"
+    )
+
+
+def _flash_attn():
+    try:  # FlashAttention-3, where its Hopper build is installed
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError as e:
+            raise _missing("flash_attn", "flash-attn") from e
+
+    def attend(q, k, v):
+        out = flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out  # FA3 also returns the log-sum-exp
+
+    return attend
+
+
+def _xformers():
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError as e:
+        raise _missing("xformers", "xformers") from e
+    return memory_efficient_attention
+
+
+def get_attention(name: str):
+    """The attention function for a backend name; missing optional packages fail here, at build time."""
+    if name == "sdpa":
+        return _sdpa
+    if name == "flash_attn":
+        return _flash_attn()
+    if name == "xformers":
+        return _xformers()
+    raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused, biased qkv projection (open_clip's in_proj layout:
+    rows are [q; k; v], each head-major) and a biased output projection."""
+
+    def __init__(self, width: int, heads: int, backend: str = "sdpa"):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        self.backend = backend
+        self.attend = get_attention(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        return self.proj(self.attend(q, k, v).reshape(b, t, d))

@@ -1,0 +1,59 @@
+"""Pre-LN transformer blocks (biases everywhere, GELU tanh|exact, LayerNorm eps from the
+architecture) and the loop that runs them with per-block activation checkpointing."""
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clipav2.models.attention import Attention
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int, gelu: str):
+        super().__init__()
+        if gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu must be 'tanh' or 'exact', got {gelu!r}")
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp: int, gelu: str, ln_eps: float, attention: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=ln_eps)
+        self.attn = Attention(width, heads, attention)
+        self.norm2 = nn.LayerNorm(width, eps=ln_eps)
+        self.mlp = Mlp(width, mlp, gelu)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def make_blocks(depth, width, heads, mlp, gelu, ln_eps, attention) -> nn.ModuleList:
+    return nn.ModuleList(Block(width, heads, mlp, gelu, ln_eps, attention) for _ in range(depth))
+
+
+def checkpoint_flags(mode: str, depth: int) -> list[bool]:
+    """Which blocks recompute their activations: "none", "all", or "every_<k>" (blocks k, 2k, ...
+    counted from 1, torchtitan's convention)."""
+    if mode == "none":
+        return [False] * depth
+    if mode == "all":
+        return [True] * depth
+    k = mode[len("every_"):] if mode.startswith("every_") else ""
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"checkpointing must be 'none', 'all' or 'every_<k>' with k >= 1, got {mode!r}")
+    return [(i + 1) % int(k) == 0 for i in range(depth)]
+
+
+def run_blocks(blocks: nn.ModuleList, flags: list[bool], x: torch.Tensor) -> torch.Tensor:
+    for block, recompute in zip(blocks, flags):
+        if recompute and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x

@@ -1,0 +1,72 @@
+"""The CLIPA image tower: bias-free patch convolution, class token, no LayerNorm before the
+blocks, pre-LN blocks, average pool over the patch tokens (class token excluded), LayerNorm,
+bias-free projection."""
+import torch
+from torch import nn
+
+from clipav2.models.arch import ClipArch
+from clipav2.models.posembed import resample_grid, sincos_2d
+from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
+
+
+def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The token-reduction hook: keep (B, K) patch indices of x (B, N, D) -> (B, K, D)."""
+    if keep.dtype != torch.long or keep.ndim != 2 or keep.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"keep must be a LongTensor of shape (batch={x.shape[0]}, K), got {keep.dtype} {tuple(keep.shape)}"
+        )
+    return torch.gather(x, 1, keep[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+class VisionTower(nn.Module):
+    def __init__(self, arch: ClipArch):
+        super().__init__()
+        v = arch.vision
+        self.patch_size, self.pos_kind = v.patch_size, v.pos_embed
+        self.patch_embed = nn.Conv2d(3, v.width, v.patch_size, v.patch_size, bias=False)
+        self.class_token = nn.Parameter(torch.zeros(v.width))
+        if v.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(v.grid**2 + 1, v.width))
+        elif v.pos_embed == "sincos":  # fixed: a buffer, not a parameter, never saved
+            self.register_buffer("pos_embed", torch.empty(v.grid**2 + 1, v.width), persistent=False)
+        else:
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {v.pos_embed!r}")
+        self.image_size = v.image_size
+        self.blocks = make_blocks(v.depth, v.width, v.heads, v.mlp, arch.gelu, arch.ln_eps, arch.attention)
+        self.checkpointing = checkpoint_flags(arch.checkpointing, v.depth)
+        self.norm = nn.LayerNorm(v.width, eps=arch.ln_eps)
+        self.head = nn.Linear(v.width, arch.embed_dim, bias=False)
+        self.reset_buffers()
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def reset_buffers(self) -> None:
+        """Recompute the sin-cos table (after `to_empty` from the meta device, or a size change)."""
+        if self.pos_kind == "sincos":
+            self.pos_embed = sincos_2d(self.grid, self.pos_embed.shape[1], self.patch_embed.weight.device)
+
+    def set_image_size(self, px: int) -> None:
+        if px % self.patch_size:
+            raise ValueError(f"image size {px} is not a multiple of the patch size {self.patch_size}")
+        self.image_size = px
+        if self.pos_kind == "sincos":
+            self.reset_buffers()
+        else:  # a new Parameter: build the optimizer (and any sharding) after this
+            self.pos_embed = nn.Parameter(resample_grid(self.pos_embed.detach(), self.grid))
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (self.image_size,) * 2:
+            raise ValueError(
+                f"images must be (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}; "
+                f"call set_image_size() to change the resolution"
+            )
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, D), row-major patches
+        pos = self.pos_embed.to(x.dtype)
+        x = x + pos[1:]
+        if keep is not None:
+            x = select_tokens(x, keep)
+        cls = (self.class_token.to(x.dtype) + pos[0]).expand(x.shape[0], 1, -1)
+        x = run_blocks(self.blocks, self.checkpointing, torch.cat([cls, x], dim=1))
+        return self.head(self.norm(x[:, 1:].mean(dim=1)))
