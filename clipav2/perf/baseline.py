@@ -1,0 +1,84 @@
+"""open_clip's own training step at our shapes, for the side-by-side: open_clip's model of the same
+name, its ClipLoss, torch AdamW with its weight-decay split, bf16 autocast on CUDA (fp32 on the
+CPU), grad checkpointing when ours checkpoints, and the logit-scale clamp its loop applies.
+Architectures open_clip has no name for (tiny, demo) are built from the same numbers."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from clipav2.models.arch import ClipArch
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def open_clip_cfg(arch: ClipArch, image_size: int, text_len: int, mask_ratio: float) -> dict:
+    """Our architecture as open_clip's CLIP(**cfg) arguments (its CLIPA configs use the same keys)."""
+    v, t = arch.vision, arch.text
+    return {
+        "embed_dim": arch.embed_dim,
+        "vision_cfg": {"image_size": image_size, "patch_size": v.patch_size, "layers": v.depth, "width": v.width,
+                       "head_width": v.width // v.heads, "mlp_ratio": v.mlp / v.width, "no_ln_pre": True,
+                       "pool_type": "avg", "final_ln_after_pool": True, "patch_dropout": mask_ratio},
+        "text_cfg": {"context_length": text_len, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
+                     "layers": t.depth, "mlp_ratio": t.mlp / t.width, "pool_type": "last", "no_causal_mask": True},
+    }
+
+
+def build_open_clip(arch: ClipArch, image_size: int, text_len: int, mask_ratio: float, device: torch.device):
+    """open_clip.create_model(name) where open_clip knows the name, else open_clip.CLIP(**cfg)."""
+    import open_clip
+
+    if arch.name in open_clip.list_models():
+        return open_clip.create_model(arch.name, device=device, force_image_size=image_size,
+                                      force_context_length=text_len, force_patch_dropout=mask_ratio or None,
+                                      output_dict=True, pretrained_text=False)
+    return open_clip.CLIP(**open_clip_cfg(arch, image_size, text_len, mask_ratio), output_dict=True).to(device)
+
+
+def _param_groups(model, weight_decay: float):
+    # open_clip's training/main.py: no decay for gains, biases, norms and the logit scale
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in params if exclude(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in params if not exclude(n, p)], "weight_decay": weight_decay}]
+
+
+def open_clip_step(arch: ClipArch, stage, device: torch.device, checkpointing: bool, precision: str):
+    """Build open_clip's model and optimizer; return `step(micro_batches) -> loss tensor` (no sync)."""
+    from open_clip.loss import ClipLoss
+
+    model = build_open_clip(arch, stage.image_size, stage.text_len, stage.image_mask_ratio, device)
+    model.train()
+    if checkpointing:
+        model.set_grad_checkpointing(True)
+    opt = torch.optim.AdamW(_param_groups(model, stage.weight_decay), lr=stage.peak_lr, betas=stage.betas,
+                            eps=stage.eps)
+    loss_fn = ClipLoss()
+    mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(_STD, device=device).view(1, 3, 1, 1) * 255
+    if precision == "bf16":
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
+
+    def step(micro_batches):
+        opt.zero_grad(set_to_none=True)
+        total = None
+        for mb in micro_batches:
+            images = (mb["images"].float() - mean) / std
+            with autocast():
+                out = model(images, mb["text"])
+                loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"]) / len(micro_batches)
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return total
+
+    step.model = model
+    return step
