@@ -1,0 +1,83 @@
+"""`clipav2 plan CONFIG [key=value ...] [--json] [--gpu h100 --gpus 64 (--mfu 0.45 | --samples-per-s X) --price P]`
+
+Per stage: image size, kept image tokens, text length, samples, global batch, steps, warmup, peak
+LR and training FLOPs; with an accelerator, GPU-hours, wall time and dollars against the budget.
+"""
+import json
+import sys
+
+from clipav2 import exitcodes
+from clipav2.config import ConfigError, load_config
+
+
+def add_arguments(parser):
+    parser.add_argument("config", help="recipe YAML, e.g. configs/h14.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.pretrain.samples=4096")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--gpu", help="accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3); default cost.gpu of the recipe")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 8)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--mfu", type=float, help="model FLOPs utilisation to assume (default 0.45)")
+    rate.add_argument("--samples-per-s", type=float, dest="samples_per_s",
+                      help="measured samples/s PER GPU on the first stage (e.g. from clipav2 bench); later stages scale by FLOPs")
+    parser.add_argument("--price", help="USD per GPU-hour (default: the price table, or cost.price_per_gpu_hour)")
+
+
+def _hardware(args, cfg):
+    from clipav2.cost.plan import Hardware
+    from clipav2.cost.prices import get_accelerator, parse_price
+
+    gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else None)
+    wants_cost = gpu or args.gpus or args.mfu or args.samples_per_s or args.price is not None
+    if not wants_cost:
+        return None
+    if gpu is None:
+        raise ValueError("--gpu: name the accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3)")
+    accel = get_accelerator(gpu)
+    price = args.price if args.price is not None else cfg.cost.price_per_gpu_hour
+    price = accel.price_per_hour if price is None else parse_price(price)
+    mfu = args.mfu if args.mfu is not None or args.samples_per_s is not None else 0.45
+    return Hardware(accel, args.gpus or 8, price, mfu, args.samples_per_s)
+
+
+def _text(doc) -> str:
+    has_cost = "total_cost_usd" in doc
+    head = f"{'stage':<14}{'px':>5}{'tokens':>8}{'text':>6}{'samples':>16}{'batch':>8}{'steps':>9}{'warmup':>8}{'peak LR':>10}{'train FLOPs':>13}"
+    if has_cost:
+        head += f"{'GPU-h':>11}{'wall d':>8}{'USD':>12}"
+    lines = [f"plan for {doc['model']}", head]
+    for s in doc["stages"]:
+        line = (f"{s['name']:<14}{s['image_size']:>5}{s['kept_image_tokens']:>8}{s['text_len']:>6}{s['samples']:>16,}"
+                f"{s['global_batch']:>8,}{s['steps']:>9,}{s['warmup_steps']:>8,}{s['peak_lr']:>10.3g}{s['train_flops']:>13.3e}")
+        if has_cost:
+            line += f"{s['gpu_hours']:>11,.0f}{s['wall_hours'] / 24:>8.1f}{s['cost_usd']:>12,.0f}"
+        lines.append(line)
+    total = f"{'total':<14}{'':>85}{doc['total_train_flops']:>13.3e}"
+    if has_cost:
+        total += f"{doc['total_gpu_hours']:>11,.0f}{doc['total_wall_hours'] / 24:>8.1f}{doc['total_cost_usd']:>12,.0f}"
+    lines.append(total)
+    if has_cost:
+        mfu = f"MFU {doc['mfu']:.1%}" if doc.get("mfu") is not None else "measured samples/s"
+        lines.append(f"on {doc['gpus']} x {doc['gpu']} at ${doc['price_per_gpu_hour']:.3f}/GPU-hour, {mfu}")
+    budget = doc.get("budget_usd")
+    if budget is not None:
+        verdict = ""
+        if has_cost:
+            verdict = "within" if doc["total_cost_usd"] <= budget else "OVER"
+            verdict = f": {verdict} budget ({doc['total_cost_usd'] / budget:.0%})"
+        lines.append(f"budget ${budget:,.0f}{verdict}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from clipav2.cost.plan import plan
+    from clipav2.cost.prices import PriceError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        doc = plan(cfg, _hardware(args, cfg))
+    except (ConfigError, PriceError, ValueError) as e:
+        print(f"clipav2 plan: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+    print(json.dumps(doc, indent=1) if args.json else _text(doc))
+    return exitcodes.OK
