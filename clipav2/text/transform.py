@@ -1,0 +1,85 @@
+"""The per-sample text transform the data loader runs in its workers, and `tokenize` for
+evaluation prompts.
+
+    transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+    ids = transform("a photo of a dog", sample_key="000123")   # LongTensor[stage.text_len]
+
+Random reductions draw from a generator seeded by (seed, stage name, sample key), so a resumed
+run, or another worker, drops exactly the same pieces of the same sample. (A loader that wants
+new draws each epoch folds the epoch into the key.)
+"""
+import functools
+import hashlib
+import os
+import random
+
+import torch
+
+from clipav2.config import TEXT_REDUCTIONS
+from clipav2.reduce.text import RANDOMIZED, REDUCTIONS
+from clipav2.text import syntax
+from clipav2.text.tokenizer import Tokenizer, as_text
+
+
+def sample_seed(seed: int, stage: str, key: str) -> int:
+    """A 64-bit seed stable across processes and Python runs (unlike the salted `hash`)."""
+    digest = hashlib.blake2b(f"{seed}\x00{stage}\x00{key}".encode("utf-8", "replace"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class TextTransform:
+    """(caption, sample_key) -> LongTensor[text_len]. Picklable: the tokenizer travels as a path and
+    the syntax table as 30 kB of bytes."""
+
+    def __init__(self, tokenizer: Tokenizer, text_len: int, reduction: str, stage: str = "", seed: int = 0):
+        if reduction not in TEXT_REDUCTIONS:
+            raise ValueError(f"text_reduction: {reduction!r} is not one of {', '.join(TEXT_REDUCTIONS)}")
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+        self.keep = tokenizer.budget(text_len)  # also validates text_len
+        self.reduction = reduction
+        self.stage = stage
+        self.seed = seed
+        self.table = None
+        if reduction == "syntax":
+            self.table = syntax.vocab_priorities(tokenizer.entries, tokenizer.vocab_hash, tokenizer.vocab_path)
+        elif reduction == "syntax_context":
+            syntax.ensure_tagger()  # fail here, in the main process, not in a worker
+        self._select = REDUCTIONS["syntax" if reduction.startswith("syntax") else reduction]
+
+    def kept(self, caption, sample_key: str) -> list[int]:
+        """The kept word-piece ids, in order (no [CLS], no padding)."""
+        if self.reduction == "syntax_context":
+            text = as_text(caption)
+            encoding = self.tokenizer.encoding(text)
+            ids = encoding.ids
+            if len(ids) <= self.keep:
+                return ids
+            return self._select(ids, self.keep, priorities=syntax.context_priorities(text, encoding.offsets))
+        ids = self.tokenizer.encode(caption)
+        if len(ids) <= self.keep:
+            return ids
+        if self.table is not None:
+            return self._select(ids, self.keep, priorities=[self.table[i] for i in ids])
+        rng = random.Random(sample_seed(self.seed, self.stage, sample_key)) if self.reduction in RANDOMIZED else None
+        return self._select(ids, self.keep, rng=rng)
+
+    def __call__(self, caption, sample_key: str = "") -> torch.Tensor:
+        return self.tokenizer.pack(self.kept(caption, sample_key), self.text_len)
+
+
+def make_text_transform(stage, vocab=None, seed: int = 0) -> TextTransform:
+    """The transform for a `StageConfig` (its text_len, text_reduction, tokenizer_mode, name)."""
+    tokenizer = Tokenizer(vocab, mode=stage.tokenizer_mode)
+    return TextTransform(tokenizer, stage.text_len, stage.text_reduction, stage.name, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(vocab, mode, env_vocab) -> Tokenizer:
+    return Tokenizer(vocab, mode)
+
+
+def tokenize(captions, text_len: int, mode: str = "clipa", vocab=None) -> torch.Tensor:
+    """(B, text_len) ids of `captions`, truncated: for evaluation prompts."""
+    vocab = None if vocab is None else str(vocab)
+    return _cached_tokenizer(vocab, mode, os.environ.get("CLIPAV2_VOCAB"))(captions, text_len)
