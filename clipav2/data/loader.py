@@ -1,0 +1,132 @@
+"""The training loader: a torch DataLoader over this rank's streams, one stream per worker,
+with exact resume.
+
+A DataLoader delivers an iterable dataset's batches round-robin over its workers (worker 0,
+1, ..., W-1, 0, ...). Each batch carries its stream's state after it, so the loader's state is
+the last delivered state of each of its W streams plus the number of batches delivered. On
+resume, worker w serves stream (w + delivered) % W, so the round-robin continues with the stream
+whose turn it was, and each stream fast-forwards to its recorded position: the resumed run
+delivers exactly the batches the uninterrupted one would have.
+
+Changing the world size, the number of workers, the shards, the seed or the shuffle buffer
+changes what the streams are; the loader then starts a new generation (fresh epoch 0, new
+permutations and shuffles, seeded with the generation number): within each epoch of it no
+record is read twice across all ranks and workers, and the rest of the interrupted epoch is not
+replayed. The skipped-record counters restart at zero in a new generation.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clipav2.data.shards import expand_urls
+from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
+from clipav2.data.transforms import TrainTransform
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class _RankStreams(IterableDataset):
+    """Worker w of this rank runs local stream (w + offset) % W from its saved state."""
+
+    def __init__(self, spec, first_stream, n_local, offset, states, batch_size, image_transform, text_transform):
+        self.spec, self.first, self.n_local, self.offset = spec, first_stream, n_local, offset
+        self.states, self.batch_size = states, batch_size
+        self.image_transform, self.text_transform = image_transform, text_transform
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        local = (worker + self.offset) % self.n_local
+        for batch in sample_batches(self.spec, self.first + local, self.states[local], self.batch_size,
+                                    self.image_transform, self.text_transform):
+            batch["_stream"] = local
+            yield batch
+
+
+class TrainLoader:
+    """Iterate for micro-batches {"images": uint8 (B,3,S,S), "text": int64 (B,L), "keys": [str]}.
+    Iterating again continues where the last iteration stopped."""
+
+    def __init__(self, cfg, stage, world, text_transform, state=None):
+        d = cfg.data
+        self.rank, self.world_size = int(world.rank), int(world.world_size)
+        self.workers = d.workers
+        self.n_local = max(1, d.workers)
+        self.batch_size = stage.micro_batch or cfg.parallel.micro_batch
+        self.urls = tuple(expand_urls(d.train))
+        self.layout = {"urls": derive_seed(*self.urls), "n_shards": len(self.urls), "seed": cfg.seed,
+                       "stage": stage.name, "world_size": self.world_size, "workers": self.workers,
+                       "shuffle_buffer": d.shuffle_buffer}
+        self.generation = 0
+        self.image_transform = TrainTransform.from_stage(stage, fast_decode=d.fast_decode)
+        self.text_transform = text_transform
+        self.prefetch, self.pin_memory = d.prefetch, d.pin_memory and torch.cuda.is_available()
+        self.states = [new_state() for _ in range(self.n_local)]
+        self.delivered = 0
+        self._iterator = None
+        if state is not None:
+            self.load_state_dict(state)
+
+    # ------------------------------------------------------------------ iteration
+    def _dataloader(self) -> DataLoader:
+        spec = StreamSpec(self.urls, self.layout["seed"], self.layout["stage"], self.world_size * self.n_local,
+                          max(1, self.layout["shuffle_buffer"]), self.generation)
+        dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
+                               [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
+        extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch)} if self.workers else {}
+        return DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory, **extra)
+
+    def __iter__(self):
+        if self._iterator is None:
+            self._iterator = iter(self._dataloader())
+        for batch in self._iterator:
+            self.states[batch.pop("_stream")] = batch.pop("_state")
+            self.delivered += 1
+            yield batch
+
+    def close(self) -> None:
+        """Stop the workers (the next iteration restarts them from the current state)."""
+        self._iterator = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def skipped(self) -> dict:
+        """Records skipped so far by reason, summed over this rank's workers."""
+        total = Counter()
+        for s in self.states:
+            total.update(s["skipped"])
+        return dict(total)
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "layout": dict(self.layout), "rank": self.rank,
+                "generation": self.generation, "delivered": self.delivered,
+                "streams": [dict(s, skipped=dict(s["skipped"])) for s in self.states]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """This rank's own saved state resumes exactly. After a change of layout (world size,
+        workers, shards, seed, shuffle buffer), any rank's saved state starts a new generation."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        self.close()
+        if state["layout"] == self.layout:
+            if state["rank"] != self.rank:
+                raise ValueError(f"data loader state of rank {state['rank']} given to rank {self.rank}: "
+                                 "with an unchanged world size each rank resumes from its own state")
+            self.generation, self.delivered = state["generation"], state["delivered"]
+            self.states = [dict(s, skipped=dict(s["skipped"])) for s in state["streams"]]
+            return
+        changed = sorted(k for k in self.layout if state["layout"].get(k) != self.layout[k])
+        self.generation, self.delivered = state["generation"] + 1, 0
+        self.states = [new_state() for _ in range(self.n_local)]
+        if self.rank == 0:
+            log.warning("data: %s changed since the checkpoint; starting data generation %d (fresh epochs, "
+                        "no record read twice within an epoch)", ", ".join(changed), self.generation)
+
+
+def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:
+    return TrainLoader(cfg, stage, world, text_transform, state)

@@ -1,0 +1,86 @@
+"""Turning a raw record's bytes into a checked image header and caption. Every way a record
+can be bad raises `BadRecord(reason)`, which the stream counts and skips."""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Deliberate limits: a 1x1 pixel carries nothing, and a 50 MP header is a decompression bomb
+# (or a scan) we refuse to decode in a training worker. PIL's own limit (89 MP warns, 179 MP
+# raises) is looser; ours is checked on the header, before any pixel is decoded.
+MIN_SIDE = 8
+MAX_PIXELS = 50_000_000
+
+REASONS = (
+    "missing_image",  # a record with no jpg/png/webp member
+    "not_an_image",  # bytes PIL does not recognise as an image
+    "corrupt_image",  # recognised but fails to decode (truncated, broken data)
+    "image_too_small",  # a side below MIN_SIDE
+    "image_too_large",  # more than MAX_PIXELS (decompression-bomb limit)
+    "missing_caption",  # no txt member
+    "empty_caption",  # only whitespace
+    "bad_caption_encoding",  # not UTF-8
+    "truncated_tar",  # a shard that ends mid-record (counted once per shard)
+    "unreadable_shard",  # a shard that cannot be opened
+)
+
+
+class BadRecord(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def image_bytes(record: dict) -> bytes:
+    for ext in IMAGE_EXTS:
+        if ext in record:
+            return record[ext]
+    raise BadRecord("missing_image", f"members {sorted(record)}")
+
+
+def caption(record: dict) -> str:
+    if "txt" not in record:
+        raise BadRecord("missing_caption")
+    try:
+        text = record["txt"].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord("bad_caption_encoding", str(e)) from None
+    text = text.strip()
+    if not text:
+        raise BadRecord("empty_caption")
+    return text
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Parse the header only, checking the size limits (no pixel is decoded yet)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadRecord("image_too_large", str(e)) from None
+    except UnidentifiedImageError:
+        raise BadRecord("not_an_image", f"{len(data)} bytes starting {data[:8]!r}") from None
+    except Exception as e:  # noqa: BLE001 - a broken header of a known format
+        raise BadRecord("corrupt_image", f"{type(e).__name__}: {e}") from None
+    w, h = img.size
+    if min(w, h) < MIN_SIDE:
+        raise BadRecord("image_too_small", f"{w}x{h}")
+    if w * h > MAX_PIXELS:
+        raise BadRecord("image_too_large", f"{w}x{h}")
+    return img
+
+
+def load_rgb(img: Image.Image) -> Image.Image:
+    """Decode the pixels (after any `draft`) as RGB."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette-with-transparency and EXIF chatter
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
+        raise BadRecord("corrupt_image", f"{type(e).__name__}: {e}") from None

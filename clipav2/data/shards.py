@@ -1,0 +1,149 @@
+"""Webdataset shards: naming them (`expand_urls`), reading their records robustly
+(`iter_records`) and writing them (`ShardSink`). Records follow img2dataset's layout:
+`KEY.jpg|png|webp`, `KEY.txt`, optional `KEY.json` / `KEY.cls`, grouped by KEY."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import braceexpand
+import webdataset as wds
+from webdataset.tariterators import base_plus_ext
+
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "sftp://", "scp://", "ais://")
+_GLOB_CHARS = set("*?[")
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside braces: 'a/{0..3}.tar,b/{x,y}.tar' -> two patterns."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _expand_local(path: str) -> list[str]:
+    if os.path.isdir(path):
+        found = sorted(str(p) for p in Path(path).glob("*.tar"))
+        if not found:
+            raise FileNotFoundError(f"directory {path!r} holds no .tar shards")
+        return found
+    if _GLOB_CHARS & set(path):
+        found = sorted(glob.glob(path))
+        if not found:
+            raise FileNotFoundError(f"no file matches {path!r}")
+        return found
+    return [path]
+
+
+def expand_urls(pattern) -> list[str]:
+    """Shard URLs from a brace pattern (`/d/{00000..00099}.tar`), a comma or `::` separated list,
+    a directory (its `*.tar`), a glob, or `pipe:`/remote URLs (kept as given, braces expanded).
+    Raises FileNotFoundError when a local shard is missing or nothing matches, ValueError for an
+    empty pattern."""
+    items = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
+    parts = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"empty shard pattern {pattern!r}")
+        for chunk in item.split("::"):
+            parts += [chunk.strip()] if chunk.strip().startswith("pipe:") else _split_top_level(chunk)
+    if not parts:
+        raise ValueError(f"empty shard pattern {pattern!r}")
+    urls = []
+    for part in parts:
+        for url in braceexpand.braceexpand(part):
+            urls += [url] if url.startswith(REMOTE_PREFIXES) else _expand_local(url.removeprefix("file:"))
+    missing = [u for u in urls if not u.startswith(REMOTE_PREFIXES) and not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(urls)} shards of {pattern!r} do not exist, e.g. {missing[0]!r}"
+        )
+    return urls
+
+
+def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
+    """Yield (key, {ext: bytes}) for the records of one shard whose index % nsub == sub.
+    Never raises for bad data: a shard that cannot be opened or holds no tar header appends
+    "unreadable_shard" to `events`, a tar that ends early "truncated_tar" (the record cut off
+    is dropped, the ones before it are kept)."""
+    try:
+        stream = wds.gopen(url, "rb")
+    except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
+        events.append("unreadable_shard")
+        return
+    index, key, record, seen = 0, None, {}, False
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for member in tar:
+            seen = True
+            if not member.isreg():
+                continue
+            prefix, ext = base_plus_ext(member.name)
+            if prefix is None or os.path.basename(prefix).startswith("__"):
+                continue
+            if prefix != key:
+                if key is not None:
+                    if index % nsub == sub:
+                        yield key, record
+                    index += 1
+                key, record = prefix, {}
+            if index % nsub == sub:  # other slices' data is skipped by the stream reader
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise EOFError(f"{member.name} cut short")
+                record[ext.lower()] = data
+            tar.members = []  # stream mode keeps every header otherwise
+        if key is not None and index % nsub == sub:
+            yield key, record
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        events.append("truncated_tar" if seen else "unreadable_shard")
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - a pipe's non-zero exit after a good read
+            pass
+
+
+class ShardSink:
+    """Write samples ({"__key__", "jpg"/"png": bytes, "txt": str, "json": dict, "cls": int})
+    into OUT/000000.tar, 000001.tar, ... and a manifest.json with counts and bytes."""
+
+    def __init__(self, out_dir, maxcount: int = 10000, prefix: str = ""):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = wds.ShardWriter(str(self.out / f"{prefix}%06d.tar"), maxcount=maxcount, verbose=0)
+        self.count = 0
+        self.bytes = 0
+        self.skipped: Counter = Counter()
+
+    def write(self, sample: dict) -> None:
+        self.writer.write(sample)
+        self.count += 1
+        self.bytes += sum(len(v) for k, v in sample.items() if isinstance(v, bytes))
+
+    def close(self, **extra) -> dict:
+        self.writer.close()
+        shards = sorted(p.name for p in self.out.glob("*.tar"))
+        manifest = {"samples": self.count, "image_bytes": self.bytes, "shards": shards,
+                    "skipped": dict(self.skipped), **extra}
+        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        return manifest
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.close()
+        else:
+            self.writer.close()
