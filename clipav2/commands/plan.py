@@ -48,7 +48,7 @@ def _text(doc) -> str:
     lines = [f"plan for {doc['model']}", head]
     for s in doc["stages"]:
         line = (f"{s['name']:<14}{s['image_size']:>5}{s['kept_image_tokens']:>8}{s['text_len']:>6}{s['samples']:>16,}"
-                f"{s['global_batch']:>8,}{s['steps']:>9,}{s['warmup_steps']:>8,}{s['peak_lr']:>10.3g}{s['train_flops']:>13.3e}")
+                f"{s['global_batch']:>8,}{s['steps']:>9,}{s['warmup_steps']:>8,}{s['peak_lr']:>10.4g}{s['train_flops']:>13.3e}")
         if has_cost:
             line += f"{s['gpu_hours']:>11,.0f}{s['wall_hours'] / 24:>8.1f}{s['cost_usd']:>12,.0f}"
         lines.append(line)

@@ -150,9 +150,10 @@ class Ledger:
     def _absorb_after_snapshot(self, latest: dict) -> None:
         for name, later in latest["stages"].items():
             s = self.stage(name)
+            snapshot = copy.deepcopy(s)  # deltas against the checkpoint, not the buckets being moved into
             for kind in KINDS:
-                extra_s = later["gpu_seconds"].get(kind, 0.0) - s["gpu_seconds"][kind]
-                extra_usd = later["usd"].get(kind, 0.0) - s["usd"][kind]
+                extra_s = later["gpu_seconds"].get(kind, 0.0) - snapshot["gpu_seconds"][kind]
+                extra_usd = later["usd"].get(kind, 0.0) - snapshot["usd"][kind]
                 if extra_s <= 0:
                     continue  # the log file is older than the checkpoint here
                 target = "lost" if kind in REDONE_KINDS else kind
