@@ -121,10 +121,13 @@ class ShardSink:
     def __init__(self, out_dir, maxcount: int = 10000, prefix: str = ""):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        if any(self.out.glob(f"{prefix}*.tar")):
+            raise FileExistsError(f"{self.out} already holds shards; write into an empty directory")
         self.writer = wds.ShardWriter(str(self.out / f"{prefix}%06d.tar"), maxcount=maxcount, verbose=0)
         self.count = 0
         self.bytes = 0
         self.skipped: Counter = Counter()
+        self.manifest = None
 
     def write(self, sample: dict) -> None:
         self.writer.write(sample)
@@ -132,11 +135,14 @@ class ShardSink:
         self.bytes += sum(len(v) for k, v in sample.items() if isinstance(v, bytes))
 
     def close(self, **extra) -> dict:
+        if self.manifest is not None:
+            return self.manifest
         self.writer.close()
         shards = sorted(p.name for p in self.out.glob("*.tar"))
         manifest = {"samples": self.count, "image_bytes": self.bytes, "shards": shards,
                     "skipped": dict(self.skipped), **extra}
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        self.manifest = manifest
         return manifest
 
     def __enter__(self):
@@ -145,5 +151,5 @@ class ShardSink:
     def __exit__(self, *exc):
         if exc[0] is None:
             self.close()
-        else:
+        elif self.manifest is None:
             self.writer.close()
