@@ -28,7 +28,7 @@ def _hardware(args, cfg):
     from clipav2.cost.prices import get_accelerator, parse_price
 
     gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else None)
-    wants_cost = gpu or args.gpus or args.mfu or args.samples_per_s or args.price is not None
+    wants_cost = gpu or any(v is not None for v in (args.gpus, args.mfu, args.samples_per_s, args.price))
     if not wants_cost:
         return None
     if gpu is None:
@@ -37,7 +37,7 @@ def _hardware(args, cfg):
     price = args.price if args.price is not None else cfg.cost.price_per_gpu_hour
     price = accel.price_per_hour if price is None else parse_price(price)
     mfu = args.mfu if args.mfu is not None or args.samples_per_s is not None else 0.45
-    return Hardware(accel, args.gpus or 8, price, mfu, args.samples_per_s)
+    return Hardware(accel, 8 if args.gpus is None else args.gpus, price, mfu, args.samples_per_s)
 
 
 def _text(doc) -> str:

@@ -28,6 +28,12 @@ def measured_curve(run: RunData, order: list[str], offsets: dict) -> list[tuple[
             x = r["samples_seen"] + (offsets.get(r["stage"], 0) if per_stage else 0)
             points.append((float(x), float(r["cost_usd"])))
     done = [n for n in order if run.ledger.stages.get(n, {}).get("samples", 0) > 0]
+    if not run.metrics:  # the ledger alone: one point at the end of each stage's progress
+        cumulative = 0.0
+        for name in order:
+            cumulative += sum(run.ledger.stages.get(name, {}).get("usd", {}).values())
+            if name in done:
+                points.append((offsets[name] + run.ledger.stages[name]["samples"], cumulative))
     if done:
         last = done[-1]
         points.append((offsets[last] + run.ledger.stages[last]["samples"], run.ledger.total_usd))
@@ -79,7 +85,11 @@ def write_plot(run: RunData, report: dict, path) -> Path:
     offsets = stage_offsets(run, order)
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     measured = measured_curve(run, order, offsets)
-    ax.plot(*zip(*measured), color="tab:blue", lw=2, marker="." if len(measured) < 40 else None, label="spent (measured)")
+    top = max([y for _, y in measured] + [report["projected_total_usd"] or 0.0])
+    log_scale = top > 0 and min(report["budget_lines"]) > 20 * top  # a small run under a five-figure budget
+    shown = [(x, y) for x, y in measured if y > 0 or not log_scale]
+    label = "spent (metrics.jsonl + ledger)" if run.metrics else "spent (ledger, at stage ends)"
+    ax.plot(*zip(*shown), color="tab:blue", lw=2, marker="." if len(shown) < 40 else None, label=label)
     planned = plan_curve(run, order, offsets)
     if planned:
         ax.plot(*zip(*planned), color="tab:gray", ls="--", lw=1.5, label="plan (first stage's measured speed)")
@@ -91,14 +101,13 @@ def write_plot(run: RunData, report: dict, path) -> Path:
     for name in order[1:]:
         ax.axvline(offsets[name], color="black", lw=0.8, alpha=0.4)
     for name in order:
-        ax.text(offsets[name], 0.98, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, alpha=0.7)
+        ax.text(offsets[name], 0.02, f" {name}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, alpha=0.7)
     ax.set_xlabel("samples seen (all stages)")
     ax.set_ylabel(f"cumulative cost (USD, {run.ledger.gpus} x {run.ledger.accelerator} at ${run.ledger.price:.3f}/GPU-h)")
     ax.set_title(f"Cost of {run.run_dir.name}: ${report['total_cost_usd']:,.2f} spent")
     ax.set_xlim(left=0)
-    top = max([y for _, y in measured] + [report["projected_total_usd"] or 0.0])
-    if top > 0 and min(report["budget_lines"]) > 20 * top:
-        ax.set_yscale("log")  # a small run under a five-figure budget: keep both readable
+    if log_scale:  # keep both the curve and the budget lines readable
+        ax.set_yscale("log")
         ax.set_ylim(bottom=top / 1000)
     else:
         ax.set_ylim(bottom=0)

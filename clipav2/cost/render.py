@@ -20,7 +20,7 @@ def _tables(rep: dict) -> list[tuple[str, list[str], list[list[str]], list[str]]
     for s in rep["stages"]:
         stage_rows.append([s["name"], _n(s["samples_done"]), _n(s["samples_planned"]),
                            *(_n(s["gpu_hours"][k], "{:,.3f}") for k in KINDS), _n(s["gpu_hours_total"], "{:,.3f}"),
-                           _n(s["cost_usd"], "${:,.2f}"), _n(s["samples_per_s_per_gpu"], "{:,.1f}"), _n(s["mfu"], "{:.1%}"),
+                           _n(s["cost_usd"], "${:,.2f}"), _n(s["samples_per_s_per_gpu"], "{:,.1f}"), _n(None if s["mfu"] is None else 100 * s["mfu"], "{:.3g}%"),
                            _n(s["cost_usd_to_go"], "${:,.2f}"), _n(s["projected_cost_usd"], "${:,.2f}")])
     stage_rows.append(["**total**", "", "", *(_n(rep["gpu_hours_by_kind"][k], "{:,.3f}") for k in KINDS),
                        _n(rep["total_gpu_hours"], "{:,.3f}"), _n(rep["total_cost_usd"], "${:,.2f}"), "", "",
