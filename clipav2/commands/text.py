@@ -1,0 +1,43 @@
+"""`clipav2 text preview --reduction NAME --length L [--seed S] [--json] CAPTION...`: what a
+stage's text transform keeps of each caption (the word pieces after [CLS], in order).
+Caption i is drawn with sample key "i", so --seed and the order reproduce a preview exactly."""
+import json
+import sys
+
+from clipav2 import exitcodes
+from clipav2.config import TEXT_REDUCTIONS, TOKENIZER_MODES, StageConfig
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    preview = sub.add_parser("preview", help="show the word pieces a text reduction keeps")
+    preview.add_argument("--reduction", required=True, choices=TEXT_REDUCTIONS)
+    preview.add_argument("--length", type=int, required=True, help="text length L, [CLS] included")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--mode", choices=TOKENIZER_MODES, default="clipa", help="clipa: L-1 pieces; open_clip: L-2")
+    preview.add_argument("--vocab", help="WordPiece vocabulary file (else CLIPAV2_VOCAB, else bert-base-uncased from the hub)")
+    preview.add_argument("--json", action="store_true", help="a JSON list of {caption, pieces, ids}")
+    preview.add_argument("captions", nargs="+", metavar="CAPTION")
+
+
+def main(args) -> int:
+    from clipav2.text import make_text_transform
+    from clipav2.text.syntax import NltkDataMissing
+    from clipav2.text.vocab import VocabNotFound
+
+    stage = StageConfig(name="preview", text_len=args.length, text_reduction=args.reduction, tokenizer_mode=args.mode)
+    try:
+        transform = make_text_transform(stage, vocab=args.vocab, seed=args.seed)
+    except (ValueError, VocabNotFound, NltkDataMissing) as e:
+        print(f"clipav2 text preview: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+    rows = []
+    for i, caption in enumerate(args.captions):
+        ids = transform.kept(caption, str(i))
+        rows.append({"caption": caption, "pieces": transform.tokenizer.id_to_piece(ids), "ids": ids})
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        for row in rows:
+            print(" ".join(row["pieces"]))
+    return exitcodes.OK
