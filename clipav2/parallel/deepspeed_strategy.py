@@ -1,0 +1,141 @@
+"""`deepspeed`: ZeRO stage 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters).
+
+The DeepSpeed config is generated from ours (batch sizes, accumulation, ZeRO stage, bf16,
+clipping) and a user's JSON (`parallel.deepspeed_config`) is merged over it. Our torch AdamW is
+handed to `deepspeed.initialize`, which avoids compiling `fused_adam` (and lets the bf16-momentum
+AdamW run under ZeRO). DeepSpeed skips the update itself when the gradient norm is non-finite
+(fp32, and bf16 with `check_grad_overflow`); we read that back with `was_step_applied()`.
+
+Checkpoints are DeepSpeed's own format (`save_checkpoint`), read back through a checkpoint engine
+that uses `torch.load(weights_only=True)` with an allow-list of DeepSpeed's few classes. They
+resume on the same world size; for another world size convert them with DeepSpeed's universal
+checkpoint tool (`python -m deepspeed.checkpoint.ds_to_universal`) and set
+`{"checkpoint": {"load_universal": true}}` in `parallel.deepspeed_config` (see docs/engine.md).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from clipav2.parallel.base import Strategy
+from clipav2.train.optim import build_optimizer
+
+TAG = "zero"
+
+
+def merge(ours: dict, theirs: dict) -> dict:
+    """Recursive dict merge, `theirs` wins."""
+    out = dict(ours)
+    for k, v in theirs.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deepspeed_config(cfg, stage, world_size: int, n_micro: int, precision: str) -> dict:
+    micro = stage.micro_batch or cfg.parallel.micro_batch
+    ours = {
+        "train_batch_size": stage.global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": n_micro,
+        "gradient_clipping": stage.grad_clip or 0.0,
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
+        "zero_allow_untested_optimizer": True,  # our torch AdamW
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.parallel.deepspeed_config:
+        with open(cfg.parallel.deepspeed_config) as f:
+            ours = merge(ours, json.load(f))
+    return ours
+
+
+def _safe_checkpoint_engine(engine_cls):
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, ZeroStageEnum, fragment_address]
+
+    class SafeEngine(engine_cls):
+        def load(self, path, map_location=None):
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeEngine
+
+
+def scalars_to_vectors(model) -> dict:
+    """DeepSpeed cannot hold 0-d parameters (it views every parameter as bytes to broadcast and
+    partition it), so the temperature becomes a 1-element vector; returns {name: original shape}."""
+    shapes = {}
+    for mod_name, module in model.named_modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.ndim == 0:
+                setattr(module, name, torch.nn.Parameter(p.data.reshape(1), requires_grad=p.requires_grad))
+                shapes[f"{mod_name}.{name}" if mod_name else name] = p.shape
+    return shapes
+
+
+class DeepSpeedStrategy(Strategy):
+    name = "deepspeed"
+
+    def _wrap(self, model):
+        import deepspeed
+
+        model = model.to(self.world.device)
+        self.scalar_shapes = scalars_to_vectors(model)
+        optimizer = build_optimizer(model, self.stage, self.cfg.parallel.bf16_momentum, fused=False)
+        config = deepspeed_config(self.cfg, self.stage, self.world.world_size, self.n_micro, self.precision)
+        self.ds_config = config
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+        if type(engine.checkpoint_engine).__name__ == "TorchCheckpointEngine":
+            engine.checkpoint_engine.__class__ = _safe_checkpoint_engine(type(engine.checkpoint_engine))
+        self.model, self.optimizer = engine, optimizer
+
+    def autocast(self):  # DeepSpeed casts the module to bf16 itself
+        return torch.autocast(self.world.device.type, enabled=False)
+
+    def _backward(self, loss, micro_index, n_micro):
+        if n_micro != self.model.gradient_accumulation_steps():
+            raise ValueError(f"deepspeed: n_micro {n_micro} != the engine's accumulation {self.model.gradient_accumulation_steps()}")
+        self.model.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        if micro_index < n_micro - 1:
+            self.model.step()  # a no-op before the accumulation boundary, as DeepSpeed expects
+
+    def _apply_step(self, lr, loss_finite):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.step()
+        norm = self.model.get_global_grad_norm()
+        norm = float("nan") if norm is None else float(norm)
+        applied = self.model.was_step_applied() and math.isfinite(norm)
+        return norm, applied
+
+    def _save_state(self, path):
+        self.model.save_checkpoint(str(path / "deepspeed"), tag=TAG, save_latest=False)
+
+    def _load_state(self, path):
+        load_path, _ = self.model.load_checkpoint(
+            str(path / "deepspeed"), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if load_path is None:
+            raise FileNotFoundError(f"deepspeed: no checkpoint under {path / 'deepspeed'}")
+
+    def full_state_dict(self):
+        """fp32 master weights gathered from the ZeRO partitions (a collective), kept on rank 0."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, p in self.model.module.named_parameters():
+            full = safe_get_full_fp32_param(p)
+            if self.world.is_main:
+                out[name] = full.detach().float().cpu().reshape(self.scalar_shapes.get(name, full.shape)).clone()
+        if self.world.is_main:  # persistent buffers, as the plain module's state_dict has them
+            for name, t in self.model.module.state_dict().items():
+                if name not in out:
+                    out[name] = t.detach().cpu().clone()
+        return out

@@ -1,0 +1,110 @@
+"""Who am I in the job? `init_distributed(cfg)` reads the launcher's environment and joins the
+process group. Three launchers are understood, by their environment variables alone:
+
+- torchrun and the `deepspeed` launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
+- SLURM `srun`: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_NODELIST
+  (MASTER_ADDR / MASTER_PORT win when set; the port defaults to 29500).
+
+Without either, the run is one process. The backend is nccl on CUDA and gloo on the CPU; the
+collective timeout is `parallel.timeout_minutes`, so a crashed rank stops the others instead
+of leaving them blocked forever.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group exists (collectives may be called)."""
+        return dist.is_available() and dist.is_initialized()
+
+
+def first_host(nodelist: str) -> str:
+    """The first hostname of a SLURM node list: "gpu[03-05,7],cpu1" -> "gpu03"."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not head:
+        raise ValueError(f"SLURM_NODELIST: cannot parse {nodelist!r}")
+    prefix, _, ranges = head.groups()
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def launcher_env(env=os.environ) -> dict | None:
+    """rank/world_size/local_rank/master_addr/master_port from the launcher, or None."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {
+            "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"]),
+            "local_rank": int(env.get("LOCAL_RANK", 0)),
+            "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": env.get("MASTER_PORT", "29500"),
+        }
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return {
+            "rank": int(env["SLURM_PROCID"]),
+            "world_size": int(env["SLURM_NTASKS"]),
+            "local_rank": int(env.get("SLURM_LOCALID", 0)),
+            "master_addr": env.get("MASTER_ADDR") or first_host(env["SLURM_NODELIST"]),
+            "master_port": env.get("MASTER_PORT", "29500"),
+        }
+    return None
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def init_distributed(cfg) -> World:
+    """Join the job's process group (once) and return this process's place in it.
+
+    A lone process still gets a one-member group when the strategy needs one (ddp, fsdp and
+    deepspeed all call collectives); `single` with several processes is an error."""
+    info = launcher_env()
+    strategy = cfg.parallel.strategy
+    if info is None and strategy != "single":
+        info = {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1", "master_port": _free_port()}
+    if info is not None and info["world_size"] > 1 and strategy == "single":
+        raise RuntimeError(
+            f"parallel.strategy: single runs one process but the launcher started {info['world_size']}; "
+            "use ddp, fsdp or deepspeed"
+        )
+    cuda = torch.cuda.is_available()
+    local_rank = info["local_rank"] if info else 0
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if info is None:
+        return World(device=device)
+    if not dist.is_initialized():
+        os.environ["MASTER_ADDR"] = info["master_addr"]
+        os.environ["MASTER_PORT"] = str(info["master_port"])
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            rank=info["rank"],
+            world_size=info["world_size"],
+            timeout=datetime.timedelta(minutes=cfg.parallel.timeout_minutes),
+            device_id=device if cuda else None,
+        )
+    return World(rank=info["rank"], world_size=info["world_size"], local_rank=local_rank, device=device)

@@ -1,0 +1,193 @@
+"""Atomic, self-checking checkpoint directories.
+
+    RUN_DIR/checkpoints/step_00001000/        complete: has manifest.json
+    RUN_DIR/checkpoints/step_00002000.tmp/    being written (or a crash left it): ignored
+
+Every rank writes its shards into the `.tmp` directory (`strategy.save`), then the manifest
+(every file's size and CRC32, hashed in parallel by the ranks) is written last and the directory
+renamed; a directory without a manifest is incomplete. On resume the newest complete checkpoint
+whose files match their manifest is loaded; a truncated or corrupt one is skipped with a warning
+and the previous one used. Nothing here unpickles: manifests and `extra` are JSON, the strategies
+load tensors with weights_only / allow-listed readers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+MANIFEST = "manifest.json"
+PREFIX = "step_"
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _all_gather_json(world, value):
+    if world is None or not world.distributed:
+        return [value]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _any(world, flag: bool) -> bool:
+    """True on every rank if `flag` is True on any rank."""
+    if world is None or not world.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _checksums(directory: Path, world) -> dict:
+    """{relative path: [size, crc32]} of every file, the hashing split across ranks."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    rank, size = (world.rank, world.world_size) if world is not None and world.distributed else (0, 1)
+    mine = {str(p.relative_to(directory)): [p.stat().st_size, _crc32(p)] for p in files[rank::size]}
+    merged = {}
+    for part in _all_gather_json(world, mine):
+        merged.update(part)
+    return merged
+
+
+def verify(directory: Path, world=None) -> str | None:
+    """None if `directory` matches its manifest, else why not (the same answer on every rank)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        expected = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"unreadable manifest ({e})"
+    else:
+        problem = None
+    problem = _all_gather_json(world, problem)[0]  # rank 0's view decides for everyone
+    if problem:
+        return problem
+    found = _checksums(directory, world)
+    for name, (size, crc) in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name][0] != size:
+            return f"{name} is truncated ({found[name][0]} of {size} bytes)"
+        if found[name][1] != crc:
+            return f"{name} is corrupt (CRC32 mismatch)"
+    return None
+
+
+def rng_state() -> dict:
+    """Every RNG the run draws from, as JSON."""
+    import numpy as np
+
+    state = {
+        "python": json.loads(json.dumps(random.getstate())),
+        "numpy": [v.tolist() if hasattr(v, "tolist") else v for v in np.random.get_state()],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+class CheckpointManager:
+    """Saves every `every_steps` steps or `every_minutes` minutes (rank 0's clock decides for all),
+    keeps the newest `keep`, and finds the newest good one on start."""
+
+    def __init__(self, root, every_steps: int, every_minutes: float, keep: int, world=None):
+        self.root = Path(root)
+        self.every_steps, self.every_minutes, self.keep = every_steps, every_minutes, keep
+        self.world = world
+        self._last_save = time.monotonic()
+
+    @classmethod
+    def from_config(cls, cfg, world, root=None):
+        c = cfg.checkpoint
+        return cls(root or Path(cfg.run_dir) / "checkpoints", c.every_steps, c.every_minutes, c.keep, world)
+
+    @property
+    def _main(self) -> bool:
+        return self.world is None or self.world.is_main
+
+    def _barrier(self):
+        if self.world is not None and self.world.distributed:
+            dist.barrier()
+
+    def due(self, step: int) -> bool:
+        """Is a checkpoint due after `step` (1-based count of completed steps)? Collective."""
+        late = (time.monotonic() - self._last_save) / 60 >= self.every_minutes
+        return step % self.every_steps == 0 or _any(self.world, late and self._main)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoint directories (with a manifest), newest first."""
+        if not self.root.is_dir():
+            return []
+        dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.suffix != ".tmp"]
+        dirs = [p for p in dirs if (p / MANIFEST).exists()]
+        return sorted(dirs, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+    def save(self, strategy, step: int, extra: dict) -> Path:
+        final = self.root / f"{PREFIX}{step:08d}"
+        tmp = final.with_suffix(".tmp")
+        if self._main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        strategy.save(tmp, extra)
+        self._barrier()
+        files = _checksums(tmp, self.world)
+        if self._main:
+            manifest = {"step": step, "time": time.time(), "world_size": strategy.world.world_size, "files": files}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():  # a step saved twice (e.g. preempted right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.complete()[self.keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        self._last_save = time.monotonic()
+        return final
+
+    def resume(self, strategy) -> dict | None:
+        """Load the newest good checkpoint into `strategy`; its `extra`, or None if there is none."""
+        candidates = self.complete()
+        for i, path in enumerate(candidates):
+            problem = verify(path, self.world)
+            if problem is None:
+                try:
+                    extra = strategy.load(path)
+                except Exception as e:  # a reader error on any rank rejects the checkpoint everywhere
+                    problem, extra = f"failed to load ({type(e).__name__}: {e})", None
+                if not _any(self.world, problem is not None):
+                    return extra
+                problem = problem or "failed to load on another rank"
+            fallback = candidates[i + 1].name if i + 1 < len(candidates) else "a fresh start"
+            if self._main:
+                warnings.warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}", stacklevel=2)
+        return None

@@ -1,0 +1,129 @@
+"""Train the `tiny` CLIP for a few steps on synthetic deterministic data through a Strategy, the
+way the training loop does, and record what the tests compare. Launched 1-process (python),
+under `torchrun --nproc_per_node 2`, or as 2 processes with SLURM-style variables.
+
+Step s, micro-step m, rank r reads the global samples
+    s*G + m*(G/n_micro) + r*micro ... + micro
+so any (world, micro, accumulation) split of the same global batch sees the same data.
+
+Writes to --out: losses.json (rank 0: per-step loss/lr/grad norm/skipped), final.safetensors
+(consolidated fp32, rank 0), checkpoints/ (with --ckpt-every).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import clipav2
+from clipav2.config import load_config
+from clipav2.loss import clip_loss
+from clipav2.parallel import build_strategy, init_distributed
+from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from clipav2.train.faults import FaultMonitor
+
+GLOBAL_BATCH = 16
+
+
+def parse():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--strategy", default="single")
+    ap.add_argument("--zero", type=int, default=2)
+    ap.add_argument("--micro", type=int, default=GLOBAL_BATCH)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ckpt-every", type=int, default=10**6)
+    ap.add_argument("--nan-step", type=int, default=-1, help="rank 0's loss is NaN at this 0-based step")
+    ap.add_argument("--kill-step", type=int, default=-1, help="rank 0 SIGKILLs itself mid-step")
+    ap.add_argument("--usr1-step", type=int, default=-1, help="the last rank sends itself SIGUSR1 mid-step")
+    ap.add_argument("--crash-step", type=int, default=-1, help="the last rank exits abruptly")
+    ap.add_argument("--max-skips", type=int, default=3)
+    ap.add_argument("--timeout-minutes", type=float, default=10.0)
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    return ap.parse_args()
+
+
+def data(n):
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(1, 32000, (n, 16), generator=g)
+
+
+def main():
+    a = parse()
+    overrides = [
+        f"parallel.strategy={a.strategy}",
+        f"parallel.zero_stage={a.zero}",
+        f"parallel.micro_batch={a.micro}",
+        f"parallel.timeout_minutes={a.timeout_minutes}",
+        "parallel.precision=fp32",
+        f"faults.max_consecutive_skips={a.max_skips}",
+        f"run_dir={a.out}",
+        "stages=[{name: pretrain}]",
+        f"stages.pretrain.samples={a.steps * GLOBAL_BATCH}",
+        f"stages.pretrain.global_batch={GLOBAL_BATCH}",
+        "stages.pretrain.image_size=32",
+        "stages.pretrain.text_len=16",
+        "stages.pretrain.lr_base=2e-3",
+        "stages.pretrain.lr_base_batch=16",
+        "stages.pretrain.warmup_steps=2",
+        *a.set,
+    ]
+    cfg = load_config(None, overrides)
+    world = init_distributed(cfg)
+    strategy = build_strategy(cfg, world)
+    stage = cfg.stages[0]
+    torch.manual_seed(0)
+    strategy.setup(clipav2.create_model("tiny"), stage)
+    n_micro = strategy.n_micro
+    images, ids = data(a.steps * GLOBAL_BATCH)
+    ckpt = CheckpointManager(Path(a.out) / "checkpoints", a.ckpt_every, 10**6, 2, world)
+    monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    log_path = Path(a.out) / "losses.json"
+    start, log = 0, []
+    extra = ckpt.resume(strategy)
+    if extra is not None:
+        start, log = extra["step"], extra["log"]
+        set_rng_state(extra["rng"])
+    last = world.world_size - 1
+    for step in range(start, a.steps):
+        for m in range(n_micro):
+            if step == a.kill_step and m == 0 and world.rank == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if step == a.usr1_step and m == 0 and world.rank == last:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            if step == a.crash_step and world.rank == last:
+                os._exit(3)
+            lo = step * GLOBAL_BATCH + m * (GLOBAL_BATCH // n_micro) + world.rank * a.micro
+            x, t = images[lo : lo + a.micro].to(world.device), ids[lo : lo + a.micro].to(world.device)
+
+            def loss_fn(model):
+                img, txt, scale = model(x, t)
+                loss = clip_loss(img, txt, scale, world)
+                return loss * float("nan") if step == a.nan_step and world.rank == 0 else loss
+
+            strategy.forward_backward(loss_fn, m, n_micro)
+        r = strategy.step()
+        log.append({"loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped})
+        code = monitor.after_step(step + 1, r)
+        if code is not None or ckpt.due(step + 1):
+            ckpt.save(strategy, step + 1, {"step": step + 1, "log": log, "rng": rng_state()})
+        if code is not None:
+            print(monitor.message, flush=True)
+            sys.exit(code)
+    if world.is_main:
+        log_path.write_text(json.dumps(log))
+    weights = strategy.full_state_dict()
+    if world.is_main:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(Path(a.out) / "final.safetensors"))
+    if world.distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
