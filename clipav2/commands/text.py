@@ -25,6 +25,9 @@ def main(args) -> int:
     from clipav2.text.syntax import NltkDataMissing
     from clipav2.text.vocab import VocabNotFound
 
+    if args.length < 2:
+        print(f"clipav2 text preview: --length {args.length} must be >= 2 ([CLS] plus one piece)", file=sys.stderr)
+        return exitcodes.CONFIG
     stage = StageConfig(name="preview", text_len=args.length, text_reduction=args.reduction, tokenizer_mode=args.mode)
     try:
         transform = make_text_transform(stage, vocab=args.vocab, seed=args.seed)
