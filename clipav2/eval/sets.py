@@ -1,0 +1,141 @@
+"""Evaluation inputs: labelled webdataset shards (`cls`) or an ImageFolder directory for zero-shot
+classification, captioned shards for retrieval; class names and prompt templates by name
+("imagenet", "demo") or from a text file. Decoding uses the data package's EvalTransform and shard
+reader; batches are (uint8 images, labels) or (uint8 images, token ids)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _lines(path) -> list[str]:
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"{path}: empty")
+    return lines
+
+
+def classnames(spec: str, eval_path: str | None = None) -> list[str]:
+    """`demo`, `imagenet`, or a text file; `demo` prefers the classnames.txt beside the set."""
+    if spec == "demo":
+        beside = Path(eval_path or "") / "classnames.txt"
+        if eval_path and beside.is_file():
+            return _lines(beside)
+        from clipav2.data import demo
+
+        return demo.classnames()
+    if spec == "imagenet":
+        from clipav2.data.zeroshot import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    return _lines(spec)
+
+
+def templates(spec: str, eval_path: str | None = None) -> list[str]:
+    if spec == "demo":
+        beside = Path(eval_path or "") / "templates.txt"
+        if eval_path and beside.is_file():
+            return _lines(beside)
+        from clipav2.data import demo
+
+        return demo.templates()
+    if spec == "imagenet":
+        from clipav2.data.zeroshot import IMAGENET_TEMPLATES
+
+        return list(IMAGENET_TEMPLATES)
+    return _lines(spec)
+
+
+def _image_of(record: dict):
+    for ext in IMAGE_EXTS:
+        if ext in record:
+            return record[ext]
+    return None
+
+
+class _ShardRecords(IterableDataset):
+    """(uint8 image, target) per good record of the shards, split across loader workers."""
+
+    def __init__(self, urls, transform, target):
+        self.urls, self.transform, self.target = list(urls), transform, target
+
+    def __iter__(self):
+        from clipav2.data.shards import iter_records
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        events = []
+        for url in self.urls[wid::nw]:
+            for _key, record in iter_records(url, events):
+                data, target = _image_of(record), self.target(record)
+                if data is None or target is None:
+                    continue
+                try:
+                    yield self.transform(data), target
+                except Exception:  # noqa: BLE001 - a bad image is skipped in evaluation too
+                    continue
+
+
+class _Folder(IterableDataset):
+    """ImageFolder layout (one sub-directory per class, sorted), read as bytes for EvalTransform."""
+
+    def __init__(self, root, transform):
+        from torchvision.datasets.folder import make_dataset
+
+        classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        if not classes:
+            raise ValueError(f"{root}: no class sub-directories")
+        self.samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=tuple("." + e for e in IMAGE_EXTS))
+        self.transform = transform
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for path, label in self.samples[wid::nw]:
+            yield self.transform(Path(path).read_bytes()), label
+
+
+def _int_label(record):
+    raw = record.get("cls")
+    try:
+        return int(raw.decode().strip()) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0):
+    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder."""
+    from clipav2.data import EvalTransform, expand_urls
+
+    transform = EvalTransform(image_size, kind)
+    if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
+        dataset = _Folder(path, transform)
+    else:
+        dataset = _ShardRecords(expand_urls(path), transform, _int_label)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
+def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0):
+    """Batches of (uint8 images, token ids) from captioned shards (caption = `txt`)."""
+    from clipav2.data import EvalTransform, expand_urls
+
+    def caption(record):
+        raw = record.get("txt")
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    dataset = _ShardRecords(expand_urls(path), EvalTransform(image_size, kind), caption)
+
+    def collate(items):
+        images, captions = zip(*items)
+        return torch.stack(images), tokenize(list(captions))
+
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+
+
+def _collate(items):
+    images, labels = zip(*items)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)

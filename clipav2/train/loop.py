@@ -1,0 +1,312 @@
+"""`clipav2 train`: run a recipe's stages in order, resuming where RUN_DIR stopped.
+
+    RUN_DIR/config.yaml            the resolved config
+    RUN_DIR/checkpoints/<stage>/   resumable checkpoints of the stage in progress
+    RUN_DIR/<stage>.safetensors    a finished stage's full fp32 weights (+ its ledger snapshot)
+    RUN_DIR/metrics.jsonl, eval.jsonl, ledger.json, tensorboard/
+
+A stage is done when its .safetensors exists; the first stage that is not resumes from its newest
+good checkpoint, or starts from the previous stage's weights (`stages.enter_stage` resizes them).
+The loop never branches on the engine: everything goes through the Strategy.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from clipav2 import exitcodes
+from clipav2.config import grad_accum_steps, save_config
+from clipav2.train.metrics import JsonlWriter, MetricsLogger
+from clipav2.train.stages import build_stage_model, stage_weights
+
+
+def _say(world, msg: str) -> None:
+    if world.is_main:
+        print(msg, flush=True)
+
+
+def _barrier(world) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def _any_rank(world, flag: bool) -> bool:
+    if not world.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def prepare_demo_data(cfg, world) -> None:
+    """`data.demo`: generate the demo set into RUN_DIR/demo_data once (main rank), point the
+    config at it. Offline and deterministic from the seed."""
+    root = Path(cfg.run_dir) / "demo_data"
+    if world.is_main and not (root / "eval" / "manifest.json").is_file():
+        from clipav2.data.demo import write_demo
+
+        t = time.perf_counter()
+        print(f"generating the demo data set into {root} ...", flush=True)
+        write_demo(root, seed=cfg.seed)
+        print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
+    _barrier(world)
+    cfg.data.train = cfg.data.train or str(root / "train")
+    cfg.data.eval = cfg.data.eval or str(root / "eval")
+
+
+class Trainer:
+    def __init__(self, cfg, world):
+        from clipav2.cost.guard import BudgetGuard
+        from clipav2.cost.plan import stage_flops
+        from clipav2.cost.prices import resolve
+        from clipav2.perf.measure import device_name
+
+        self.cfg, self.world = cfg, world
+        self.run_dir = Path(cfg.run_dir)
+        self.accel, self.price = resolve(cfg.cost.gpu, cfg.cost.price_per_gpu_hour, device_name(world.device))
+        self.flops = {s.name: stage_flops(cfg, s) for s in cfg.stages}
+        self.guard = BudgetGuard.from_config(cfg.cost) if world.is_main else None
+        self.metrics = MetricsLogger(self.run_dir, world.is_main, cfg.log.tensorboard, cfg.log.progress)
+        self.evals = JsonlWriter(self.run_dir / "eval.jsonl", world.is_main)
+        self.ledger = None
+        self.t_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ ledger
+    def _open_ledger(self, snapshot) -> None:
+        """Main rank: continue the ledger from `snapshot` (a checkpoint's or a finished stage's);
+        time logged after it is counted as lost work. Start-up time so far is charged now."""
+        if not self.world.is_main or self.ledger is not None:
+            return
+        from clipav2.cost.ledger import Ledger
+
+        self.ledger = Ledger.resume(snapshot, self.run_dir, gpus=self.world.world_size, price=self.price,
+                                    accelerator=self.accel.name)
+
+    def _charge(self, stage: str, kind: str, seconds: float) -> None:
+        if self.ledger is not None:
+            self.ledger.add(stage, kind, seconds)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, only_stage=None) -> int:
+        names = [s.name for s in self.cfg.stages]
+        for index, stage in enumerate(self.cfg.stages):
+            if only_stage is not None and stage.name != only_stage:
+                continue
+            if stage_weights(self.run_dir, stage.name).is_file():
+                _say(self.world, f"[{stage.name}] already done ({stage_weights(self.run_dir, stage.name).name}); skipping")
+                continue
+            if self.ledger is None and index > 0:
+                self._open_ledger(self._stage_ledger(names[index - 1]))
+            code = self.run_stage(index)
+            if code != exitcodes.OK:
+                return code
+        self.metrics.close()
+        if self.world.is_main and self.ledger is not None:
+            self.ledger.write(self.run_dir)
+            self.print_cost()
+        return exitcodes.OK
+
+    def _stage_ledger(self, name: str):
+        from clipav2.models.convert import read_metadata
+
+        path = stage_weights(self.run_dir, name)
+        return read_metadata(path).get("meta", {}).get("ledger") if path.is_file() else None
+
+    def print_cost(self) -> None:
+        s = self.ledger.summary()
+        per = ", ".join(f"{n} {v['gpu_hours']:.4f} h ${v['cost_usd']:.2f}" for n, v in s["stages"].items())
+        budget = f" of a ${self.cfg.cost.budget_usd:,.2f} budget" if self.cfg.cost.budget_usd else ""
+        print(f"cost: {s['gpu_hours']:.4f} GPU-hours ({self.world.world_size} x {self.accel.name} at "
+              f"${self.price:g}/h) = ${s['cost_usd']:.2f}{budget} [{per}]; report: clipav2 budget {self.run_dir}", flush=True)
+
+    # ------------------------------------------------------------------ one stage
+    def run_stage(self, index: int) -> int:
+        from clipav2.data import build_train_loader
+        from clipav2.models.arch import get_arch
+        from clipav2.parallel import build_strategy
+        from clipav2.text import make_text_transform
+        from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+        from clipav2.train.faults import FaultMonitor
+        from clipav2.train.step import StepRunner
+
+        cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
+        ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / stage.name)
+        has_ckpt = bool(ckpt.complete())
+        model = build_stage_model(cfg, index, self.run_dir)
+        if cfg.model.compile:
+            for tower in (model.visual, model.text):
+                for block in tower.blocks:
+                    block.compile()
+        strategy = build_strategy(cfg, world)
+        strategy.setup(model, stage)
+        del model
+        extra = ckpt.resume(strategy) if has_ckpt else None
+        extra = extra or {}
+        if extra.get("rng"):
+            set_rng_state(extra["rng"])
+        self._open_ledger(extra.get("ledger"))
+        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+        loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
+        runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
+        monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
+        n_micro = grad_accum_steps(cfg, stage, world.world_size)
+        step = int(extra.get("step", 0))
+        skipped_steps = int(extra.get("skipped_steps", 0))
+        _say(world, f"[{stage.name}] {stage.image_size} px, text {stage.text_len} ({stage.text_reduction}), "
+                    f"image {stage.image_reduction} {stage.image_mask_ratio:g}, {stage.steps} steps x {stage.global_batch} "
+                    f"({world.world_size} ranks x {n_micro} micro-steps), peak LR {stage.peak_lr:.3g}"
+                    + (f"; resuming at step {step}" if step else ""))
+        self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
+
+        def save(at_step: int) -> None:
+            t = time.perf_counter()
+            state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
+                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state()}
+            if self.ledger is not None:
+                self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
+                state["ledger"] = self.ledger.state_dict()
+            ckpt.save(strategy, at_step, state)
+            self._charge(stage.name, "checkpoint", time.perf_counter() - t)
+
+        self.metrics.start_stage(stage.name, stage.steps, step)
+        batches = iter(loader)
+        window = _Window(step)
+        while step < stage.steps:
+            t_wait = time.perf_counter()
+            micro = [next(batches) for _ in range(n_micro)]
+            t_step = time.perf_counter()
+            result = runner.run(micro, step)
+            t_done = time.perf_counter()
+            step += 1
+            skipped_steps += bool(result.skipped)
+            self._charge(stage.name, "data_wait", t_step - t_wait)
+            self._charge(stage.name, "train", t_done - t_step)
+            window.add(result, t_step - t_wait, runner)
+            stop = None
+            if step % cfg.log.every_steps == 0 or step == stage.steps:
+                stop = self._log(stage, step, window, loader, skipped_steps, ckpt)
+            code = monitor.after_step(step, result)
+            if code is not None or stop is not None:
+                save(step)
+                self.metrics.close_bar()
+                msg = monitor.message if code is not None else self.guard_message()
+                _say(world, msg)
+                return code if code is not None else exitcodes.BUDGET
+            if step < stage.steps and ckpt.due(step):
+                save(step)
+        self.metrics.close_bar()
+        t = time.perf_counter()
+        full = strategy.full_state_dict()
+        del strategy, runner
+        loader.close()
+        gc.collect()
+        self._finish_stage(index, full, step)
+        self._charge(stage.name, "eval", time.perf_counter() - t)
+        if self.ledger is not None:
+            self.ledger.write(self.run_dir)
+        self.t_start = time.perf_counter()
+        return exitcodes.OK
+
+    def guard_message(self) -> str:
+        return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"
+
+    def _log(self, stage, step, window, loader, skipped_steps, ckpt):
+        """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
+        from clipav2.cost.projection import project
+        from clipav2.perf.peaks import mfu
+
+        world, stop = self.world, False
+        stats = window.close(step)  # the one device sync of the interval
+        if world.is_main:
+            sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
+            self.ledger.set_progress(stage.name, step, step * stage.global_batch)
+            projection = project(self.cfg, self.ledger, stage.name, sps, self.flops) if sps > 0 else None
+            per_gpu = sps / world.world_size
+            peak = self.accel.peak_flops / 1e12 if self.accel.peak_flops else None
+            record = {
+                "stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
+                "loss": stats["loss"], "lr": stats["lr"], "logit_scale": stats["logit_scale"],
+                "samples_per_s": sps, "samples_per_s_per_gpu": per_gpu,
+                "mfu": mfu(self.flops[stage.name], per_gpu, peak) or 0.0,
+                "data_wait_frac": stats["data_wait"] / max(stats["seconds"], 1e-9),
+                "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
+                "skipped_samples": int(sum(loader.skipped.values())), "skipped_steps": skipped_steps,
+                "grad_norm": stats["grad_norm"],
+                "projected_cost_usd": projection["projected_total_usd"] if projection else None,
+                "time": time.time(),
+            }
+            self.metrics.log(record, stats["steps"])
+            self.ledger.write(self.run_dir, projection=projection)
+            seconds_per_step = stats["seconds"] / max(stats["steps"], 1)
+            to_next = min(ckpt.every_steps - step % ckpt.every_steps, stage.steps - step) * seconds_per_step
+            decision = self.guard.check(self.ledger, record["projected_cost_usd"], to_next)
+            stop = decision == "stop"
+        return "stop" if _any_rank(world, stop) else None
+
+    def _finish_stage(self, index: int, full: dict, step: int) -> None:
+        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors."""
+        from clipav2.eval.run import describe, evaluate
+        from clipav2.models.convert import load_weights, save_model
+        cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
+        if world.is_main:
+            model = build_stage_model(cfg, index, self.run_dir)  # the stage's architecture, then its weights
+            load_weights(model, {k: v.float() for k, v in full.items()})
+            if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
+                result = evaluate(model.to(world.device), cfg, stage, world.device)
+                self.evals.write({"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
+                                  **{k: v for part in result.values() for k, v in part.items()}, **result})
+                print(describe(stage.name, result), flush=True)
+            self.ledger.set_progress(stage.name, step, step * stage.global_batch)
+            save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
+                       ledger=self.ledger.state_dict())
+            print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
+        _barrier(world)
+
+
+class _Window:
+    """Accumulates one log interval on the device (no syncs until `close`)."""
+
+    def __init__(self, step: int):
+        self.reset()
+
+    def reset(self):
+        self.t0, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+        self.loss_sum, self.last = 0.0, None
+
+    def add(self, result, data_wait: float, runner) -> None:
+        self.steps += 1
+        self.data_wait += data_wait
+        self.loss_sum += result.loss
+        self.last = (result, runner.last_scale)
+
+    def close(self, step: int) -> dict:
+        result, scale = self.last
+        out = {"steps": self.steps, "seconds": time.perf_counter() - self.t0, "data_wait": self.data_wait,
+               "loss": self.loss_sum / max(self.steps, 1), "lr": result.lr, "grad_norm": float(result.grad_norm),
+               "logit_scale": float(scale) if scale is not None else float("nan")}
+        self.reset()
+        return out
+
+
+def train(cfg, only_stage=None) -> int:
+    """Run the recipe; the process exit code (clipav2.exitcodes)."""
+    from clipav2.parallel import init_distributed
+
+    world = init_distributed(cfg)
+    try:
+        if cfg.data.demo:
+            prepare_demo_data(cfg, world)
+        if world.is_main:
+            save_config(cfg)
+        return Trainer(cfg, world).run(only_stage)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if world.distributed:
+            dist.destroy_process_group()
