@@ -84,6 +84,7 @@ class LogConfig:
     every_steps: int = 10
     tensorboard: bool = True
     progress: bool = True
+    sample_keys: bool = False  # audit trail: RUN_DIR/samples/rank_<r>.txt, one "stage step keys" line per step
 
 
 @dataclass

@@ -173,6 +173,7 @@ class Trainer:
             ckpt.save(strategy, at_step, state)
             self._charge(stage.name, "checkpoint", time.perf_counter() - t)
 
+        audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
         self.metrics.start_stage(stage.name, stage.steps, step)
         batches = iter(loader)
         window = _Window(step)
@@ -180,6 +181,8 @@ class Trainer:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
             t_step = time.perf_counter()
+            if audit is not None:
+                audit.write(stage.name, step, micro)
             result = runner.run(micro, step)
             t_done = time.perf_counter()
             step += 1
@@ -268,6 +271,20 @@ class Trainer:
         _barrier(world)
 
 
+class _KeyAudit:
+    """Which samples each step saw, per rank (log.sample_keys): lets anyone check that a resumed
+    run repeats and skips nothing. A redone step appears again; its last line is the one that counts."""
+
+    def __init__(self, run_dir, rank: int):
+        self.path = Path(run_dir) / "samples" / f"rank_{rank}.txt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, stage: str, step: int, micro_batches) -> None:
+        keys = ",".join(k for b in micro_batches for k in b["keys"])
+        with self.path.open("a") as f:
+            f.write(f"{stage} {step} {keys}\n")
+
+
 class _Window:
     """Accumulates one log interval on the device (no syncs until `close`)."""
 
@@ -297,6 +314,7 @@ def train(cfg, only_stage=None) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
 
+    owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
     try:
         if cfg.data.demo:
@@ -308,5 +326,5 @@ def train(cfg, only_stage=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        if world.distributed:
+        if world.distributed and owns_group:
             dist.destroy_process_group()

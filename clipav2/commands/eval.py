@@ -1,0 +1,71 @@
+"""`clipav2 eval CONFIG --checkpoint PATH [--data SET] [--retrieval SET] [--stage NAME] [--json]`:
+zero-shot top-1/top-5 of a checkpoint (ours, or open_clip's for the config's model name) on a
+labelled set, and recall@1/5/10 on an image-text set. The stage (default: the one the checkpoint
+was saved by, else the recipe's last) decides image size, eval transform and text length."""
+import json
+import sys
+from pathlib import Path
+
+from clipav2 import exitcodes
+from clipav2.config import ConfigError, load_config
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="the recipe the checkpoint belongs to (model, stages, eval sets)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.eval=/data/imagenet/val")
+    parser.add_argument("--checkpoint", required=True, help="RUN_DIR/<stage>.safetensors, or an open_clip checkpoint")
+    parser.add_argument("--data", help="zero-shot set: ImageFolder directory or labelled shards (default: data.eval)")
+    parser.add_argument("--retrieval", help="image-text shards for recall@k (default: data.retrieval)")
+    parser.add_argument("--stage", help="evaluate as this stage (default: the checkpoint's stage, else the last)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _choose_stage(cfg, args):
+    if args.stage:
+        return cfg.stage(args.stage)
+    from clipav2.models.convert import read_metadata
+
+    saved = read_metadata(args.checkpoint).get("meta", {}).get("stage") if args.checkpoint.endswith(".safetensors") else None
+    names = [s.name for s in cfg.stages]
+    return cfg.stage(saved) if saved in names else cfg.stages[-1]
+
+
+def main(args) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not Path(args.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint: no such file {args.checkpoint!r}")
+        if cfg.data.demo and not cfg.data.eval:
+            cfg.data.eval = str(Path(cfg.run_dir) / "demo_data" / "eval")
+        cfg.data.eval = args.data or cfg.data.eval
+        cfg.data.retrieval = args.retrieval or cfg.data.retrieval
+        if not cfg.data.eval and not cfg.data.retrieval:
+            raise ConfigError("--data: no evaluation set (give --data / --retrieval, or data.eval in the config)")
+        for key, path in (("--data", cfg.data.eval), ("--retrieval", cfg.data.retrieval)):
+            if path and not Path(path).exists():
+                from clipav2.data import expand_urls
+
+                try:
+                    expand_urls(path)
+                except (FileNotFoundError, ValueError) as e:
+                    raise ConfigError(f"{key}: {e}") from None
+        stage = _choose_stage(cfg, args)
+    except ConfigError as e:
+        print(f"clipav2 eval: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+
+    import torch
+
+    from clipav2.eval.run import describe, evaluate
+    from clipav2.models.convert import load_model
+    from clipav2.train.stages import enter_stage
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint, name=cfg.model.name, attention=cfg.model.attention)
+    enter_stage(model, stage)
+    result = evaluate(model.to(device), cfg, stage, device)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "stage": stage.name, **result}))
+    else:
+        print(describe(stage.name, result))
+    return exitcodes.OK
