@@ -41,7 +41,7 @@ def fabricate(run_dir: Path, finetune_done=8000, with_metrics=True, with_config=
         save_config(cfg, run_dir)
     clock = FakeClock()
     led = Ledger(gpus, price, clock, accelerator="a100-80gb")
-    rows, spent = [], 0.0
+    rows = []
     led.add("pretrain", "startup", 60)
     for stage, done, step_s in (("pretrain", 64000, 2.0), ("finetune", finetune_done, 6.0)):
         for step in range(1, done // 64 + 1):

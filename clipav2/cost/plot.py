@@ -91,6 +91,7 @@ def write_plot(run: RunData, report: dict, path) -> Path:
     label = "spent (metrics.jsonl + ledger)" if run.metrics else "spent (ledger, at stage ends)"
     ax.plot(*zip(*shown), color="tab:blue", lw=2, marker="." if len(shown) < 40 else None, label=label)
     planned = plan_curve(run, order, offsets)
+    planned = [(x, y) for x, y in planned or [] if y > 0 or not log_scale]
     if planned:
         ax.plot(*zip(*planned), color="tab:gray", ls="--", lw=1.5, label="plan (first stage's measured speed)")
     if report["projected_total_usd"] is not None and run.cfg is not None:

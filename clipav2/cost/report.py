@@ -75,7 +75,7 @@ def build_report(run: RunData) -> dict:
         usd = sum(entry["usd"].values()) if entry else 0.0
         stepping = _stepping_gpu_seconds(entry) if entry else 0.0
         sps_gpu = entry["samples"] / stepping if entry and stepping > 0 else None
-        mfu = _metrics_mean(run, name, "mfu")
+        mfu = _metrics_mean(run, name, "mfu") if peak else None  # no peak (CPU): MFU means nothing
         if mfu is None and sps_gpu and peak and name in flops:
             mfu = sps_gpu * flops[name] / peak
         rows.append({"name": name, "samples_done": entry["samples"] if entry else 0, "samples_planned": planned.get(name),
