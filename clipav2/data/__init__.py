@@ -1,7 +1,20 @@
 """Input pipeline: webdataset shards -> per-stage transforms -> uint8 micro-batches (see
-docs/data.md). Heavy imports stay in the submodules; these are the entry points."""
-from clipav2.data.loader import TrainLoader, build_train_loader
-from clipav2.data.shards import expand_urls
-from clipav2.data.transforms import EvalTransform, TrainTransform, normalize
+docs/data.md). Attributes load lazily, so `clipav2 data demo` and `expand_urls` (called by
+config checks) do not import torch."""
+import importlib
 
-__all__ = ["TrainLoader", "build_train_loader", "expand_urls", "EvalTransform", "TrainTransform", "normalize"]
+_EXPORTS = {
+    "TrainLoader": "clipav2.data.loader",
+    "build_train_loader": "clipav2.data.loader",
+    "expand_urls": "clipav2.data.shards",
+    "EvalTransform": "clipav2.data.transforms",
+    "TrainTransform": "clipav2.data.transforms",
+    "normalize": "clipav2.data.transforms",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clipav2.data' has no attribute {name!r}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import tarfile
@@ -11,8 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import braceexpand
-import webdataset as wds
-from webdataset.tariterators import base_plus_ext
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "sftp://", "scp://", "ais://")
 _GLOB_CHARS = set("*?[")
@@ -53,6 +52,7 @@ def expand_urls(pattern) -> list[str]:
     items = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
     parts = []
     for item in items:
+        item = os.fspath(item) if isinstance(item, os.PathLike) else item
         if not isinstance(item, str) or not item.strip():
             raise ValueError(f"empty shard pattern {pattern!r}")
         for chunk in item.split("::"):
@@ -71,13 +71,29 @@ def expand_urls(pattern) -> list[str]:
     return urls
 
 
+def _gopen(url: str):
+    import webdataset  # pipe:/http(s)/cloud URLs; imported only when used (it imports torch)
+
+    return webdataset.gopen(url, "rb")
+
+
+def _split_name(name: str):
+    """'dir/000123.jpg' -> ('dir/000123', 'jpg'): the key is everything before the basename's
+    first dot, as in webdataset."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None, None
+    return (f"{head}/{stem}" if head else stem), ext
+
+
 def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
     """Yield (key, {ext: bytes}) for the records of one shard whose index % nsub == sub.
     Never raises for bad data: a shard that cannot be opened or holds no tar header appends
     "unreadable_shard" to `events`, a tar that ends early "truncated_tar" (the record cut off
     is dropped, the ones before it are kept)."""
     try:
-        stream = wds.gopen(url, "rb")
+        stream = open(url, "rb") if not url.startswith(REMOTE_PREFIXES) else _gopen(url)
     except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
         events.append("unreadable_shard")
         return
@@ -88,7 +104,7 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
             seen = True
             if not member.isreg():
                 continue
-            prefix, ext = base_plus_ext(member.name)
+            prefix, ext = _split_name(member.name)
             if prefix is None or os.path.basename(prefix).startswith("__"):
                 continue
             if prefix != key:
@@ -114,30 +130,61 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
             pass
 
 
+def _encode(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value).encode("utf-8")
+    if isinstance(value, int):
+        return str(value).encode()
+    raise TypeError(f"cannot write a {type(value).__name__} into a shard")
+
+
 class ShardSink:
     """Write samples ({"__key__", "jpg"/"png": bytes, "txt": str, "json": dict, "cls": int})
-    into OUT/000000.tar, 000001.tar, ... and a manifest.json with counts and bytes."""
+    into OUT/000000.tar, 000001.tar, ... (at most `maxcount` each, members in key order as
+    img2dataset writes them) and a manifest.json with counts and bytes."""
 
-    def __init__(self, out_dir, maxcount: int = 10000, prefix: str = ""):
+    def __init__(self, out_dir, maxcount: int = 10000):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if any(self.out.glob(f"{prefix}*.tar")):
+        if any(self.out.glob("*.tar")):
             raise FileExistsError(f"{self.out} already holds shards; write into an empty directory")
-        self.writer = wds.ShardWriter(str(self.out / f"{prefix}%06d.tar"), maxcount=maxcount, verbose=0)
+        self.maxcount = maxcount
+        self.tar = None
+        self.shards = 0
         self.count = 0
         self.bytes = 0
         self.skipped: Counter = Counter()
         self.manifest = None
 
     def write(self, sample: dict) -> None:
-        self.writer.write(sample)
+        if self.tar is None or self.count % self.maxcount == 0:
+            self._next_shard()
+        key = sample["__key__"]
+        for ext, value in sample.items():
+            if ext.startswith("__"):
+                continue
+            data = _encode(value)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0  # no timestamps: reproducible bytes
+            self.tar.addfile(info, io.BytesIO(data))
+            self.bytes += len(data) if isinstance(value, bytes) else 0
         self.count += 1
-        self.bytes += sum(len(v) for k, v in sample.items() if isinstance(v, bytes))
+
+    def _next_shard(self):
+        if self.tar is not None:
+            self.tar.close()
+        self.tar = tarfile.open(self.out / f"{self.shards:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+        self.shards += 1
 
     def close(self, **extra) -> dict:
         if self.manifest is not None:
             return self.manifest
-        self.writer.close()
+        if self.tar is not None:
+            self.tar.close()
         shards = sorted(p.name for p in self.out.glob("*.tar"))
         manifest = {"samples": self.count, "image_bytes": self.bytes, "shards": shards,
                     "skipped": dict(self.skipped), **extra}
@@ -151,5 +198,5 @@ class ShardSink:
     def __exit__(self, *exc):
         if exc[0] is None:
             self.close()
-        elif self.manifest is None:
-            self.writer.close()
+        elif self.tar is not None:
+            self.tar.close()
