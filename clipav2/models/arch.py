@@ -58,6 +58,7 @@ _BASE = [
     # name, embed, image size, patch, vision width/depth/mlp/heads, text width/depth/mlp/heads
     ("ViT-B-16-CLIPA", 512, 224, 16, 768, 12, 3072, 12, 512, 12, 2048, 8),
     ("ViT-L-14-CLIPA", 768, 224, 14, 1024, 24, 4096, 16, 768, 12, 3072, 12),
+    ("ViT-L-16-CLIPA", 768, 224, 16, 1024, 24, 4096, 16, 768, 12, 3072, 12),  # CLIPA v1 runs
     ("ViT-H-14-CLIPA", 1024, 224, 14, 1280, 32, 5120, 16, 1024, 24, 4096, 16),
     ("ViT-bigG-14-CLIPA", 1280, 224, 14, 1664, 48, 8192, 16, 1280, 32, 5120, 20),
 ]
