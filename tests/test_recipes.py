@@ -60,11 +60,7 @@ V1 = {
 }
 
 
-_NEEDS_L16 = pytest.mark.xfail("ViT-L-16-CLIPA" not in ARCHITECTURES, strict=True, raises=Exception,
-                               reason="needs a ViT-L-16-CLIPA row in clipav2/models/arch.py (asked of the lead)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_NEEDS_L16) if V1[n][0] == "ViT-L-16-CLIPA" else n for n in sorted(V1)])
+@pytest.mark.parametrize("name", sorted(V1))
 def test_clipa_v1_recipes_carry_the_script_figures(name):
     model, tokens, tl, tred, batch, lr, warmup, ft_tl, ft_batch, ft_lr, ft_warmup = V1[name]
     cfg = load_config(CONFIGS / "clipa_v1" / name)
