@@ -27,6 +27,8 @@ class TextTower(nn.Module):
     def set_text_len(self, length: int) -> None:
         if length < 1:
             raise ValueError(f"text length must be >= 1, got {length}")
+        if length == self.context_length:
+            return
         # a new Parameter: build the optimizer (and any sharding) after this
         self.pos_embed = nn.Parameter(resample_1d(self.pos_embed.detach(), length))
 

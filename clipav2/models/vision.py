@@ -50,6 +50,8 @@ class VisionTower(nn.Module):
     def set_image_size(self, px: int) -> None:
         if px % self.patch_size:
             raise ValueError(f"image size {px} is not a multiple of the patch size {self.patch_size}")
+        if px == self.image_size:
+            return
         self.image_size = px
         if self.pos_kind == "sincos":
             self.reset_buffers()
