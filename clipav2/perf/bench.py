@@ -15,7 +15,7 @@ from clipav2.perf.peaks import peak_tflops
 from clipav2.perf.result import Row
 from clipav2.perf.run import measure_row
 from clipav2.perf.search import largest_fitting
-from clipav2.perf.work import kept_image_tokens, train_flops_per_sample
+from clipav2.cost.plan import kept_image_tokens, stage_flops
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Ro
                steps=opts.steps, warmup=opts.warmup,
                flags={**flags, "torch": torch.__version__, "python": platform.python_version(),
                       "inputs": "loader" if opts.data else "synthetic uint8 on device"},
-               train_flops_per_sample=float(train_flops_per_sample(cfg, stage)),
+               train_flops_per_sample=float(stage_flops(cfg, stage)),
                peak_tflops=opts.peak_tflops or peak_tflops(device_name(world.device)))
 
 
