@@ -138,3 +138,10 @@ def test_shard_sink_refuses_to_mix_with_old_shards(tmp_path):
         sink.write({"__key__": "a", "jpg": encode(photo(1)), "txt": "x"})
     with pytest.raises(FileExistsError):
         ShardSink(tmp_path)
+
+
+def test_pipe_url_reads_like_the_file(bad_shards):
+    d, expected, good = bad_shards
+    direct = scan(str(d / "a.tar"), TrainTransform(32), fake_text)
+    piped = scan(f"pipe:cat {d / 'a.tar'}", TrainTransform(32), fake_text)
+    assert piped == direct and piped["samples"] == 10
