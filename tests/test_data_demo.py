@@ -92,7 +92,9 @@ def test_demo_colours_are_in_the_pixels(demo_dir):
 def test_zero_shot_names_and_templates_match_open_clip():
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    assert classnames("imagenet") == list(IMAGENET_CLASSNAMES)
+    from clipav2.data.zeroshot import IMAGENET_CLASSNAMES as OURS
+
+    assert classnames("imagenet") == list(IMAGENET_CLASSNAMES) == list(OURS) and len(OURS) == 1000
     assert [t.format("dog") for t in templates("imagenet")] == [t("dog") for t in OPENAI_IMAGENET_TEMPLATES]
     assert all("{}" in t for t in templates("demo"))
     with pytest.raises(FileNotFoundError):

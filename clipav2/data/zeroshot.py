@@ -30,9 +30,13 @@ def _lines(path) -> list[str]:
     return lines
 
 
+IMAGENET_CLASSNAMES = tuple(_lines(_HERE / "imagenet_classnames.txt"))  # CLIP's, index = ImageNet class id
+IMAGENET_TEMPLATES = tuple(_lines(_HERE / "imagenet_templates.txt"))  # CLIP's 80 prompts, "{}" = class name
+
+
 def classnames(spec: str) -> list[str]:
     if spec == "imagenet":
-        return _lines(_HERE / "imagenet_classnames.txt")
+        return list(IMAGENET_CLASSNAMES)
     if spec == "demo":
         return demo.classnames()
     if not Path(spec).is_file():
@@ -41,7 +45,7 @@ def classnames(spec: str) -> list[str]:
 
 
 def templates(spec: str) -> list[str]:
-    found = (_lines(_HERE / "imagenet_templates.txt") if spec == "imagenet" else demo.templates() if spec == "demo"
+    found = (list(IMAGENET_TEMPLATES) if spec == "imagenet" else demo.templates() if spec == "demo"
              else _lines(spec) if Path(spec).is_file() else None)
     if found is None:
         raise FileNotFoundError(f"templates: {spec!r} is not imagenet, demo, or a text file")
