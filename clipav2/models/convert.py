@@ -54,19 +54,24 @@ def _rename(key: str, src: int) -> str | None:
     """Map one key; src=0 ours -> open_clip, src=1 open_clip -> ours. None when unknown."""
     dst = 1 - src
     for pair in _TOP:
-        if pair[src].endswith("."):
-            if not key.startswith(pair[src]):
-                continue
-            rest = key[len(pair[src]):]
-            if "blocks" in pair[0]:
-                index, _, inner = rest.partition(".")
-                for bpair in _BLOCK:
-                    if index.isdigit() and (inner == bpair[src] or (bpair[src].endswith(".") and inner.startswith(bpair[src]))):
-                        return f"{pair[dst]}{index}.{bpair[dst]}{inner[len(bpair[src]):]}"
-                return None
+        head = pair[src]
+        if not head.endswith("."):
+            if key == head:
+                return pair[dst]
+            continue
+        if not key.startswith(head):
+            continue
+        rest = key[len(head):]
+        if "blocks" not in pair[0]:
             return pair[dst] + rest
-        if key == pair[src]:
-            return pair[dst]
+        index, _, inner = rest.partition(".")
+        if not index.isdigit():
+            return None
+        for bpair in _BLOCK:
+            name = bpair[src]
+            if inner == name or (name.endswith(".") and inner.startswith(name)):
+                return f"{pair[dst]}{index}.{bpair[dst]}{inner[len(name):]}"
+        return None
     return None
 
 
