@@ -49,7 +49,8 @@ def test_switches_keep_the_loss(recipe, threads):
     assert plain == pytest.approx(_loss(recipe, compile=True, checkpointing="every_2"), rel=1e-4)
 
 
-def test_cli_prints_both_trainers_and_their_ratio(recipe, capsys):
+def test_cli_prints_both_trainers_and_their_ratio(recipe, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --device cpu sets it; undo after the test
     code = cli(["bench", recipe, "--steps", "2", "--warmup", "1", "--micro-batch", "8", "--device", "cpu",
                 "--baseline", "open_clip", "--json"])
     assert code == 0
@@ -62,7 +63,8 @@ def test_cli_prints_both_trainers_and_their_ratio(recipe, capsys):
     assert rows[0]["train_flops_per_sample"] == rows[1]["train_flops_per_sample"]
 
 
-def test_micro_batch_auto_on_the_cpu_reaches_the_limit(recipe, capsys):
+def test_micro_batch_auto_on_the_cpu_reaches_the_limit(recipe, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     # nothing runs out of memory here, so the search doubles up to --search-max
     assert cli(["bench", recipe, "--steps", "1", "--warmup", "0", "--micro-batch", "auto", "--search-max", "16",
                 "--device", "cpu", "--json"]) == 0

@@ -40,10 +40,11 @@ def flag_overrides(flags: dict) -> list[str]:
 
 
 def batch_overrides(stage: str, micro: int, opts: BenchOptions, world_size: int) -> list[str]:
-    """One timed step = `grad_accum` micro-batches per GPU, then the optimizer step."""
+    """One timed step = `grad_accum` micro-batches per GPU, then the optimizer step: the stage's
+    global batch is set to world x micro x accumulation (other stages keep theirs)."""
     glob = world_size * micro * opts.grad_accum
     s = f"stages.{stage}"
-    return [f"{s}.micro_batch={micro}", f"parallel.grad_accum={opts.grad_accum}", f"{s}.global_batch={glob}",
+    return ["parallel.grad_accum=null", f"{s}.micro_batch={micro}", f"{s}.global_batch={glob}",
             f"{s}.samples={glob * (opts.warmup + opts.steps + 1)}", f"{s}.warmup_steps=0", f"{s}.init_from=null"]
 
 
