@@ -10,8 +10,9 @@ def create_model(name: str, **overrides):
     return _create(name, **overrides)
 
 
-def load_model(path):
-    """Rebuild a model from a safetensors file we wrote (architecture in its metadata)."""
+def load_model(path, name=None, **overrides):
+    """Rebuild a model from a safetensors file we wrote (architecture in its metadata), or from an
+    open_clip checkpoint given `name`; `image_size` / `context_length` overrides resample tables."""
     from clipav2.models.convert import load_model as _load
 
-    return _load(path)
+    return _load(path, name=name, **overrides)
