@@ -117,11 +117,9 @@ def open_clip_syntax(monkeypatch):
 
 def test_context_tagging_keeps_open_clips_words(open_clip_syntax, monkeypatch):
     captions = generate_captions(240, seed=11) + TRICKY
+    tagged = [syntax.tag_words(caption) for caption in captions]
     for n_words in (6, 14):
-        ours = []
-        for caption in captions:
-            words, prios = syntax.tag_words(caption)
-            ours.append(keep_by_priority(words, n_words, priorities=prios))
+        ours = [keep_by_priority(words, n_words, priorities=prios) for words, prios in tagged]
         # open_clip sorts with np.argsort (quicksort: ties broken arbitrarily); with a stable sort,
         # the only difference left, the kept words must be identical.
         real_argsort = __import__("numpy").argsort
@@ -129,8 +127,7 @@ def test_context_tagging_keeps_open_clips_words(open_clip_syntax, monkeypatch):
         assert open_clip_syntax(captions, n_words) == ours
         monkeypatch.setattr("numpy.argsort", real_argsort)
         # and as shipped: the same number of words, every word above the tie class kept by both
-        for caption, mine, theirs in zip(captions, ours, open_clip_syntax(captions, n_words)):
-            words, prios = syntax.tag_words(caption)
+        for caption, (words, prios), mine, theirs in zip(captions, tagged, ours, open_clip_syntax(captions, n_words)):
             assert len(theirs) == len(mine)
             if len(words) > n_words:
                 cut = sorted(prios)[n_words - 1]

@@ -43,14 +43,17 @@ class Tokenizer:
 
     @staticmethod
     def _read_entries(path) -> list[str]:
-        try:
-            entries = open(path, encoding="utf-8").read().splitlines()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"vocabulary {path}: not UTF-8 text ({e})") from None
+        try:  # read as the backend reads it, so entry i is id i
+            vocab = WordPiece.read_file(str(path))
+        except Exception as e:
+            raise ValueError(f"vocabulary {path}: not a WordPiece vocabulary file ({e})") from None
+        entries = [""] * (max(vocab.values(), default=-1) + 1)
+        for entry, index in vocab.items():
+            entries[index] = entry
         for required in ("[PAD]", "[CLS]", "[UNK]"):
             if required not in entries:
                 raise ValueError(f"vocabulary {path}: has no {required} entry (not a BERT WordPiece vocabulary)")
-        if entries[0] != "[PAD]":
+        if vocab["[PAD]"] != 0:
             raise ValueError(f"vocabulary {path}: [PAD] must be entry 0 (padding is written as 0)")
         return entries
 
