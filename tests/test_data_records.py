@@ -145,3 +145,13 @@ def test_pipe_url_reads_like_the_file(bad_shards):
     direct = scan(str(d / "a.tar"), TrainTransform(32), fake_text)
     piped = scan(f"pipe:cat {d / 'a.tar'}", TrainTransform(32), fake_text)
     assert piped == direct and piped["samples"] == 10
+
+
+def test_data_set_without_one_usable_record_stops_with_a_clear_error(tmp_path):
+    (tmp_path / "0.tar").write_bytes(b"garbage, not a tar file" * 100)
+    write_shard(tmp_path / "1.tar", [("k", {"jpg": b"not an image", "txt": b"caption"})])
+    cfg = load_config(None, [f"data.train={tmp_path}", "data.workers=0", "parallel.micro_batch=1",
+                             "stages=[{name: s, image_size: 32, samples: 64, global_batch: 1}]"])
+    loader = build_train_loader(cfg, cfg.stages[0], World(0, 1), fake_text)
+    with pytest.raises(RuntimeError, match="3 epochs in a row without one usable sample"):
+        next(iter(loader))

@@ -119,7 +119,10 @@ def sample_batches(spec: StreamSpec, stream: int, state: dict, batch_size: int, 
                        "_stream": stream, "_state": after}
                 images, texts, keys = [], [], []
         skipped.update(events)
-        dry = 0 if good or position < skip_to else dry + 1
+        if good:
+            dry = 0
+        elif skip_to == 0:  # a whole epoch read, not just the tail of a resumed one
+            dry += 1
         if dry >= MAX_DRY_EPOCHS:
             raise RuntimeError(
                 f"data stream {stream} of {spec.n_streams}: {dry} epochs in a row without one usable "
