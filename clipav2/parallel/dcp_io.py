@@ -21,7 +21,8 @@ _SAFE_GLOBALS = {
     ("builtins", "frozenset"),
     ("builtins", "slice"),
     ("torch", "Size"),
-    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch.serialization", "_get_layout"),  # maps a layout's name to torch.strided etc.
+    ("pathlib", "PosixPath"),  # the checkpoint id DCP records
 }
 
 

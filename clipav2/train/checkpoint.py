@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
@@ -182,7 +183,7 @@ class CheckpointManager:
             if problem is None:
                 try:
                     extra = strategy.load(path)
-                except Exception as e:  # a reader error on any rank rejects the checkpoint everywhere
+                except (Exception, CheckpointException) as e:  # DCP's is a BaseException
                     problem, extra = f"failed to load ({type(e).__name__}: {e})", None
                 if not _any(self.world, problem is not None):
                     return extra

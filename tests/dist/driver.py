@@ -37,7 +37,7 @@ def parse():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", required=True)
     ap.add_argument("--ckpt-every", type=int, default=10**6)
-    ap.add_argument("--nan-step", type=int, default=-1, help="rank 0's loss is NaN at this 0-based step")
+    ap.add_argument("--nan-step", default="-1", help="rank 0's loss is NaN at this 0-based step (or steps A-B)")
     ap.add_argument("--kill-step", type=int, default=-1, help="rank 0 SIGKILLs itself mid-step")
     ap.add_argument("--usr1-step", type=int, default=-1, help="the last rank sends itself SIGUSR1 mid-step")
     ap.add_argument("--crash-step", type=int, default=-1, help="the last rank exits abruptly")
@@ -54,6 +54,8 @@ def data(n):
 
 def main():
     a = parse()
+    lo, _, hi = a.nan_step.partition("-") if not a.nan_step.startswith("-") else ("-1", "", "")
+    nan_steps = range(int(lo), int(hi or lo) + 1)
     overrides = [
         f"parallel.strategy={a.strategy}",
         f"parallel.zero_stage={a.zero}",
@@ -104,7 +106,7 @@ def main():
             def loss_fn(model):
                 img, txt, scale = model(x, t)
                 loss = clip_loss(img, txt, scale, world)
-                return loss * float("nan") if step == a.nan_step and world.rank == 0 else loss
+                return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
 
             strategy.forward_backward(loss_fn, m, n_micro)
         r = strategy.step()

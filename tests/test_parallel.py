@@ -1,0 +1,189 @@
+"""The engine end to end on 2 CPU ranks (gloo): every strategy against the single-process run of
+the same global batch, resume after SIGKILL, SIGUSR1 preemption, NaN skipping, resharded FSDP
+resume, a crashed rank. All runs start at once (a few at a time) from one fixture; the driver is
+tests/dist/driver.py.
+
+Equality runs use Adam eps 1e-3: parameters whose true gradient is 0 (the attention key bias)
+get float-noise gradients that Adam with eps 1e-8 turns into O(lr) steps whatever the engine.
+"""
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipav2 import exitcodes
+
+DRIVER = str(Path(__file__).parent / "dist" / "driver.py")
+EPS = ["--set", "stages.pretrain.eps=1e-3"]
+KILL_STEP = random.Random().randint(2, 7)  # 0-based step at which rank 0 SIGKILLs itself
+ENV = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _run(out, args, mode):
+    """mode: 'python' (1 process), 'torchrun' (2 ranks), 'slurm' (2 processes, SLURM variables)."""
+    args = [DRIVER, "--out", str(out), *args]
+    if mode == "python":
+        p = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
+        return [p.returncode], p.stdout + p.stderr
+    if mode == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        return [p.returncode], p.stdout + p.stderr
+    port, procs = _port(), []
+    for rank in range(2):
+        env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_NODELIST="localhost", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [p.returncode for p in procs], "".join(outs)
+
+
+def _chains(tmp):
+    """Every run accumulates 2 micro-batches per step: 1 process x 8, or 2 ranks x 4."""
+    ck, nan = ["--ckpt-every", "2"], ["--nan-step", "3"]
+    one, two = [*EPS, "--micro", "8"], [*EPS, "--micro", "4"]
+    fsdp, zero3 = ["--strategy", "fsdp", *two], ["--strategy", "deepspeed", "--zero", "3", *two]
+    return {
+        "single": [("single", [*one, *nan], "python"),
+                   ("single_killed", [*one, *nan, *ck, "--kill-step", str(KILL_STEP)], "python"),
+                   ("single_killed", [*one, *nan, *ck], "python")],
+        "ddp": [("ddp", ["--strategy", "ddp", *two, *nan], "torchrun"),
+                ("diverge", ["--nan-step", "3-99", "--max-skips", "3", *ck], "python"),
+                ("crash", ["--strategy", "ddp", "--micro", "8", "--crash-step", "2", "--timeout-minutes", "0.1"], "slurm")],
+        "fsdp": [("fsdp", [*fsdp, *nan], "torchrun"),
+                 ("fsdp_killed", [*fsdp, *nan, *ck, "--kill-step", str(KILL_STEP)], "torchrun"),
+                 ("copy", tmp / "fsdp_killed", tmp / "fsdp_world1"),
+                 ("fsdp_killed", [*fsdp, *nan, *ck, "--usr1-step", "8"], "slurm"),  # preempted after step 9
+                 ("fsdp_killed", [*fsdp, *nan, *ck], "slurm"),
+                 ("fsdp_world1", ["--strategy", "fsdp", *one, *nan, *ck], "python")],
+        "zero12": [("zero1", ["--strategy", "deepspeed", "--zero", "1", *two, *nan], "torchrun"),
+                   ("zero2", ["--strategy", "deepspeed", "--zero", "2", *two, *nan], "torchrun")],
+        "zero3": [("zero3", [*zero3, *nan], "torchrun"),
+                  ("zero3_killed", [*zero3, *nan, *ck, "--kill-step", str(KILL_STEP)], "torchrun"),
+                  ("zero3_killed", [*zero3, *nan, *ck], "torchrun")],
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("engine")
+    results = {}
+
+    def chain(steps):
+        for name, args, mode in steps:
+            if name == "copy":
+                shutil.copytree(args, mode)
+                continue
+            start = time.monotonic()
+            results.setdefault(name, []).append(_run(tmp / name, args, mode))
+            print(f"{name} ({mode}): {time.monotonic() - start:.0f} s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for f in [pool.submit(chain, c) for c in _chains(tmp).values()]:
+            f.result()
+    return tmp, results
+
+
+def _ok(results, name, attempt=-1):
+    codes, log = results[name][attempt]
+    assert codes == [0] * len(codes), f"{name} failed with {codes}:\n{log[-4000:]}"
+
+
+def _losses(tmp, name):
+    return json.loads((tmp / name / "losses.json").read_text())
+
+
+def _weights(tmp, name):
+    return load_file(str(tmp / name / "final.safetensors"))
+
+
+def _max_diff(a, b):
+    assert set(a) == set(b), set(a) ^ set(b)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name,ref", [("ddp", "single"), ("fsdp", "single"), ("zero1", "single"), ("zero2", "single"), ("zero3", "single")])
+def test_strategy_matches_single_process(runs, name, ref):
+    tmp, results = runs
+    _ok(results, ref)
+    _ok(results, name)
+    ours, theirs = _losses(tmp, name), _losses(tmp, ref)
+    assert len(ours) == len(theirs) == 10
+    assert theirs[0]["loss"] - theirs[-1]["loss"] > 0.1  # it trains: the comparison is not vacuous
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        assert a["skipped"] == b["skipped"], step
+        if not b["skipped"]:
+            assert abs(a["loss"] - b["loss"]) <= 1e-5, (step, a, b)
+            assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, b["grad_norm"]), (step, a, b)
+    assert _max_diff(_weights(tmp, name), _weights(tmp, ref)) <= 1e-5
+
+
+def test_nan_step_is_skipped_and_the_run_continues(runs):
+    """Every run gets a NaN loss on rank 0 at step 3 (and is compared step by step above)."""
+    tmp, results = runs
+    for name in ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"):
+        _ok(results, name)
+        log = _losses(tmp, name)
+        assert [s["skipped"] for s in log] == [i == 3 for i in range(10)], (name, log)
+        assert all(torch.isfinite(w).all() for w in _weights(tmp, name).values())
+
+
+@pytest.mark.parametrize("name,ref", [("single_killed", "single"), ("fsdp_killed", "fsdp"), ("zero3_killed", "zero3")])
+def test_sigkill_then_restart_equals_uninterrupted(runs, name, ref):
+    tmp, results = runs
+    killed, _ = results[name][0]
+    assert killed != [0], f"the run killed at step {KILL_STEP} exited cleanly"
+    _ok(results, name)
+    assert _max_diff(_weights(tmp, name), _weights(tmp, ref)) <= 1e-6, f"killed at step {KILL_STEP}"
+    resumed, uninterrupted = _losses(tmp, name), _losses(tmp, ref)
+    assert len(resumed) == 10
+    for a, b in zip(resumed, uninterrupted):
+        assert a["skipped"] == b["skipped"], f"killed at step {KILL_STEP}"
+        assert b["skipped"] or abs(a["loss"] - b["loss"]) <= 1e-6, f"killed at step {KILL_STEP}"
+
+
+def test_fsdp_resumes_on_a_different_world_size(runs):
+    """The 2-rank FSDP checkpoint (step 2*floor(KILL_STEP/2)) finished on 1 rank, micro-batch 16."""
+    tmp, results = runs
+    _ok(results, "fsdp_world1")
+    assert _max_diff(_weights(tmp, "fsdp_world1"), _weights(tmp, "fsdp")) <= 1e-5, f"killed at step {KILL_STEP}"
+
+
+def test_sigusr1_checkpoints_and_exits_preempted_then_resumes(runs):
+    """fsdp_killed's second launch (SLURM variables) gets SIGUSR1 on rank 1 during step 9."""
+    tmp, results = runs
+    codes, log = results["fsdp_killed"][1]
+    assert codes == [exitcodes.PREEMPTED] * 2, log[-4000:]
+    assert "preempted by SIGUSR1 after step 9" in log or "preempted by a signal on another rank after step 9" in log
+    assert (tmp / "fsdp_killed" / "checkpoints" / "step_00000009" / "manifest.json").exists()
+    _ok(results, "fsdp_killed")  # the third launch finished, equal to uninterrupted (test above)
+
+
+def test_consecutive_nans_stop_the_run_as_diverged(runs):
+    tmp, results = runs
+    codes, log = results["diverge"][0]
+    assert codes == [exitcodes.DIVERGED], log[-4000:]
+    assert "ending at step 6" in log  # steps 3, 4, 5 (0-based) are the 4th-6th steps
+    assert (tmp / "diverge" / "checkpoints" / "step_00000006" / "manifest.json").exists()
+
+
+def test_a_crashed_rank_stops_the_other(runs):
+    tmp, results = runs
+    codes, log = results["crash"][0]
+    assert codes[1] == 3 and codes[0] not in (0, None), (codes, log[-3000:])
