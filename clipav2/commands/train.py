@@ -23,11 +23,28 @@ def launcher_world_size() -> int:
     return 1
 
 
+def check_text(cfg) -> None:
+    """The vocabulary and each stage's text reduction (NLTK data for the syntax masks) load now,
+    not after the model and the engine are up."""
+    from clipav2.text import VocabNotFound, find_vocab, make_text_transform
+
+    try:
+        find_vocab(cfg.data.vocab)
+    except VocabNotFound as e:
+        raise ConfigError(f"data.vocab: {' '.join(str(e).split())}") from None
+    for stage in cfg.stages:
+        try:
+            make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+        except (LookupError, OSError, ValueError) as e:
+            raise ConfigError(f"stages.{stage.name}.text_reduction: {' '.join(str(e).split())}") from None
+
+
 def main(args) -> int:
     try:
         cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
         if args.stage is not None:
             cfg.stage(args.stage)
+        check_text(cfg)
     except ConfigError as e:
         print(f"clipav2 train: {e}", file=sys.stderr)
         return exitcodes.CONFIG

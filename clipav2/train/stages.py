@@ -29,6 +29,10 @@ def enter_stage(model, stage) -> None:
     """Resize the model for `stage`; the weights (temperature included) stay as they are."""
     model.set_image_size(stage.image_size)
     model.set_text_len(stage.text_len)
+    with torch.no_grad():  # a resampled table may be a strided view; FSDP2 shards contiguous tensors only
+        for p in model.parameters():
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
 
 
 def _fresh(cfg, image_size: int, text_len: int):
