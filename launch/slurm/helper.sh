@@ -51,8 +51,10 @@ slurm_job() {
   build_train_args "$@"
   slurm_rendezvous
   preflight "$WORLD"
-  local srun_cmd=(srun "--nodes=$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 --label
-    bash "$LAUNCH_DIR/slurm/helper.sh" node "$@")
+  local srun_cmd=(srun "--nodes=$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 --label)
+  # a step's one task would otherwise be confined to one CPU; the launcher needs the node's
+  if [ -n "${SLURM_CPUS_ON_NODE:-}" ]; then srun_cmd+=("--cpus-per-task=$SLURM_CPUS_ON_NODE"); fi
+  srun_cmd+=(bash "$LAUNCH_DIR/slurm/helper.sh" node "$@")
   if [ "$DRY_RUN" = 1 ]; then
     if [ "$LAUNCHER" = deepspeed ]; then
       echo "# $HOSTFILE:"
