@@ -55,6 +55,7 @@ build_train_args() {
 # or a missing shard directory is one clear line, not one traceback per GPU.
 preflight() {
   local world_size=$1 message
+  command -v python >/dev/null || die "no python on PATH: activate the project's environment, e.g. . .venv/bin/activate"
   if message=$(python - "$world_size" "${TRAIN_ARGS[@]:1}" 2>&1 <<'EOF'
 import sys
 from clipav2.config import ConfigError, load_config
@@ -67,7 +68,9 @@ EOF
   ); then
     return 0
   fi
-  if [ -z "$DATA" ] && [[ "$message" == data.train:* ]]; then
+  if [[ "$message" == *ModuleNotFoundError* ]]; then
+    message="$(command -v python) cannot import clipav2 and its dependencies (${message##*ModuleNotFoundError: }); activate the project's environment, e.g. . .venv/bin/activate"
+  elif [ -z "$DATA" ] && [[ "$message" == data.train:* ]]; then
     message="$message; set DATA to your training shard pattern, e.g. DATA='/data/laion/{00000..41407}.tar'"
   elif [ -z "$EVAL_DATA" ] && [[ "$message" == data.eval:* ]]; then
     message="$message; set EVAL_DATA to your ImageNet validation folder, or pass data.eval=null"
