@@ -1,0 +1,1 @@
+"""Training: stage schedule and LR, the loop, checkpoint and resume, fault handling, metrics."""
