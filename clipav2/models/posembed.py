@@ -45,4 +45,5 @@ def resample_1d(table: torch.Tensor, length: int) -> torch.Tensor:
         return table
     img = table.t()[None, :, None, :].float()  # (1, D, 1, L): bilinear over a 1-pixel-high image
     img = F.interpolate(img, size=(1, length), mode="bilinear", antialias=True, align_corners=False)
-    return img[0, :, 0, :].t().to(table.dtype)
+    # contiguous: DeepSpeed broadcasts parameters through flat byte views (stride(-1) must be 1)
+    return img[0, :, 0, :].t().contiguous().to(table.dtype)
