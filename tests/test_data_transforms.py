@@ -3,7 +3,6 @@ import io
 import math
 import random
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from clipav2.data import demo
