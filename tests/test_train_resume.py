@@ -41,7 +41,7 @@ def _steps(run) -> dict:
 def test_sigkill_mid_stage_then_resume(tmp_path, data):
     recipe = tiny_recipe(
         tmp_path / "r.yaml", data, tmp_path / "unused",
-        **{"stages.finetune.samples": 640, "checkpoint.every_steps": 4, "log.sample_keys": True,
+        **{"stages.finetune.samples": 320, "checkpoint.every_steps": 4, "log.sample_keys": True,
            "eval.at_stage_end": False, "data.workers": 1},
     )
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -67,9 +67,9 @@ def test_sigkill_mid_stage_then_resume(tmp_path, data):
         assert (a[key] - b[key]).abs().max().item() <= 1e-6, key
     assert _steps(ref) == _steps(cut)
     steps = _steps(cut)
-    assert len(steps) == 4 + 40
+    assert len(steps) == 4 + 20
     # the ledger continued from the checkpoint: progress is the finished stage's, and the time of
     # both attempts is in it (the first attempt's pre-training at least)
     ledger = json.loads((cut / "ledger.json").read_text())
-    assert ledger["stages"]["finetune"]["steps"] == 40 and ledger["stages"]["pretrain"]["steps"] == 4
+    assert ledger["stages"]["finetune"]["steps"] == 20 and ledger["stages"]["pretrain"]["steps"] == 4
     assert ledger["stages"]["pretrain"]["gpu_seconds"]["train"] > 0
