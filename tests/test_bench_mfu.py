@@ -79,3 +79,12 @@ def test_search_finds_the_largest_fitting_batch():
     assert largest_fitting(lambda b: True, 4, 64) == 64  # never fails: stops at the limit
     with pytest.raises(RuntimeError, match="does not fit"):
         largest_fitting(lambda b: False, 8, 64)
+
+
+def test_table_pairs_each_row_with_its_own_baseline():
+    rows = [_row(world_size=1, grad_accum=1).fill(Window(1, 1.0, [1.0]), 0, None),  # 8 samples/s
+            _row(trainer="open_clip", world_size=1, grad_accum=1).fill(Window(1, 4.0, [4.0]), 0, None),  # 2
+            _row(world_size=1, grad_accum=1).fill(Window(1, 1.0, [1.0]), 0, None),  # same model and stage
+            _row(trainer="open_clip", world_size=1, grad_accum=1).fill(Window(1, 2.0, [2.0]), 0, None)]  # 4
+    ratios = [line.split()[-1] for line in table(rows).splitlines()[1:]]
+    assert ratios == ["4.00", "1.00", "2.00", "1.00"]

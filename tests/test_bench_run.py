@@ -78,3 +78,15 @@ def test_micro_batch_auto_on_the_cpu_reaches_the_limit(recipe, capsys, monkeypat
 def test_bad_flags_are_config_errors(recipe, capsys, argv, key):
     assert cli(["bench", recipe, *argv]) == 2
     assert key in capsys.readouterr().err
+
+
+def test_the_baseline_is_the_same_model_size():
+    # open_clip's model at our shapes has exactly our parameters (with a learned image table,
+    # which open_clip always stores), so the two rows do the same work
+    from clipav2.models.arch import get_arch
+    from clipav2.models.flops import count_params
+    from clipav2.perf.baseline import build_open_clip
+
+    arch = get_arch("tiny", pos_embed="learned", image_size=32, context_length=9)
+    model = build_open_clip(arch, 32, 9, 0.5, torch.device("cpu"))
+    assert sum(p.numel() for p in model.parameters()) == count_params(arch)["total"]

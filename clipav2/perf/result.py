@@ -58,22 +58,30 @@ HEADER = ("trainer", "model", "stage", "px", "tok", "L", "micro", "samples/s/GPU
           "mem GiB", "wait", "ratio")
 
 
+def _baseline_of(rows: list[Row], i: int) -> Row | None:
+    """The open_clip row that follows row i for the same model and stage (the bench prints ours
+    first, then its baseline), or row i itself when it is open_clip's."""
+    r = rows[i]
+    if r.trainer == "open_clip":
+        return r
+    return next((b for b in rows[i + 1:] if b.trainer == "open_clip" and (b.model, b.stage) == (r.model, r.stage)), None)
+
+
 def table(rows: list[Row]) -> str:
-    """Rows side by side; `ratio` is a clipav2 row's samples/s over the open_clip row of the same
-    model and stage (the baseline's own row shows 1.00)."""
-    base = {(r.model, r.stage): r for r in rows if r.trainer == "open_clip" and not r.error}
+    """Rows side by side; `ratio` is a clipav2 row's samples/s over its open_clip row's."""
     lines = [HEADER]
-    for r in rows:
-        ref = base.get((r.model, r.stage))
-        ratio = f"{r.samples_per_s / ref.samples_per_s:.2f}" if ref and not r.error and ref.samples_per_s else "-"
+    for i, r in enumerate(rows):
+        ref = _baseline_of(rows, i)
+        ok = ref is not None and not r.error and not ref.error and ref.samples_per_s
+        ratio_ = f"{r.samples_per_s / ref.samples_per_s:.2f}" if ok else "-"
         if r.error:
-            cells = ("-",) * 5 + ("-",)
+            cells = ("-",) * 5
         else:
             cells = (f"{r.samples_per_s_per_gpu:.1f}", f"{r.tflops_per_gpu:.2f}",
                      f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-", f"{r.peak_memory_gib:.2f}",
-                     f"{100 * r.data_wait_fraction:.1f}%", ratio)
+                     f"{100 * r.data_wait_fraction:.1f}%")
         lines.append((r.trainer, r.model, r.stage, str(r.image_size), str(r.kept_image_tokens), str(r.text_len),
-                      str(r.micro_batch)) + cells[:5] + (r.error or cells[5],))
+                      str(r.micro_batch)) + cells + (r.error or ratio_,))
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
