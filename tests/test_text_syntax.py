@@ -75,6 +75,7 @@ def test_missing_tagger_data_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setattr(nltk, "download", lambda *a, **k: downloads.append(a) or False)
     monkeypatch.setattr(syntax, "reachable", lambda url: True)
     monkeypatch.setattr(syntax, "_download_tried", False)
+    monkeypatch.setattr(syntax, "_tagger_found", False)
     for _ in range(2):
         with pytest.raises(syntax.NltkDataMissing, match="python -m nltk.downloader .*averaged_perceptron_tagger_eng"):
             syntax.ensure_tagger()

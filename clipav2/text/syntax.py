@@ -18,6 +18,7 @@ from clipav2.text.vocab import cache_dir, reachable
 TAGGER = "averaged_perceptron_tagger_eng"
 TABLE_VERSION = 1  # bump when the way the table is built changes
 _download_tried = False
+_tagger_found = False
 
 
 class NltkDataMissing(LookupError):
@@ -34,24 +35,27 @@ def priority(tag: str) -> int:
     return 4
 
 
+def _found() -> bool:
+    try:
+        nltk.data.find(f"taggers/{TAGGER}/")
+        return True
+    except LookupError:
+        return False
+
+
 def ensure_tagger() -> None:
     """Find the tagger on NLTK's own search path (NLTK_DATA, ~/nltk_data, ...); when missing,
     try `nltk.download` once; when that fails too, say exactly what to run."""
-    global _download_tried
-    try:
-        nltk.data.find(f"taggers/{TAGGER}/")
+    global _download_tried, _tagger_found
+    if _tagger_found:
         return
-    except LookupError:
-        pass
-    if not _download_tried:
+    if not _found() and not _download_tried:
         _download_tried = True
         if reachable("https://raw.githubusercontent.com"):
             nltk.download(TAGGER, quiet=True)
-        try:
-            nltk.data.find(f"taggers/{TAGGER}/")
-            return
-        except LookupError:
-            pass
+    if _found():
+        _tagger_found = True
+        return
     raise NltkDataMissing(
         f"NLTK data '{TAGGER}' (needed by the syntax text reductions) is not on NLTK's search path "
         f"{nltk.data.path} and could not be downloaded. Run: python -m nltk.downloader -d ~/nltk_data {TAGGER} "
