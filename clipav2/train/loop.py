@@ -183,17 +183,18 @@ class Trainer:
             t_step = time.perf_counter()
             if audit is not None:
                 audit.write(stage.name, step, micro)
-            result = runner.run(micro, step)
+            result = runner.run(micro, step)  # device tensors: no host sync here
             t_done = time.perf_counter()
             step += 1
-            skipped_steps += bool(result.skipped)
             self._charge(stage.name, "data_wait", t_step - t_wait)
             self._charge(stage.name, "train", t_done - t_step)
             window.add(result, t_step - t_wait, runner)
-            stop = None
+            stop, report = None, None
             if step % cfg.log.every_steps == 0 or step == stage.steps:
+                report = strategy.skips.read()  # the interval's one device->host read, with the window's
+                skipped_steps = report.total
                 stop = self._log(stage, step, window, loader, skipped_steps, ckpt)
-            code = monitor.after_step(step, result)
+            code = monitor.after_step(step, result, report)
             if code is not None or stop is not None:
                 save(step)
                 self.metrics.close_bar()
@@ -293,19 +294,22 @@ class _Window:
 
     def reset(self):
         self.t0, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
-        self.loss_sum, self.last = 0.0, None
+        self.results, self.scale = [], None
 
     def add(self, result, data_wait: float, runner) -> None:
         self.steps += 1
         self.data_wait += data_wait
-        self.loss_sum += result.loss
-        self.last = (result, runner.last_scale)
+        self.results.append(result)
+        self.scale = runner.last_scale
 
     def close(self, step: int) -> dict:
-        result, scale = self.last
+        from clipav2.parallel.base import to_host
+
+        results = to_host(self.results)  # one device->host copy for the whole interval
+        scale = float(self.scale) if self.scale is not None else float("nan")
         out = {"steps": self.steps, "seconds": time.perf_counter() - self.t0, "data_wait": self.data_wait,
-               "loss": self.loss_sum / max(self.steps, 1), "lr": result.lr, "grad_norm": float(result.grad_norm),
-               "logit_scale": float(scale) if scale is not None else float("nan")}
+               "loss": sum(r.loss for r in results) / max(len(results), 1), "lr": results[-1].lr,
+               "grad_norm": results[-1].grad_norm, "logit_scale": scale}
         self.reset()
         return out
 
@@ -314,8 +318,11 @@ def train(cfg, only_stage=None) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
 
+    from clipav2.train.faults import install_signal_handlers
+
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
+    install_signal_handlers()  # once per run: a signal between stages is honoured in the next
     try:
         if cfg.data.demo:
             prepare_demo_data(cfg, world)
