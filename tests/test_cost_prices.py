@@ -7,7 +7,8 @@ from clipav2.cost.prices import ACCELERATORS, PriceError, detect_accelerator, ge
 @pytest.mark.parametrize("device, key", [
     ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
     ("NVIDIA A100-SXM4-80GB", "a100-80gb"), ("NVIDIA A100 80GB PCIe", "a100-80gb"),
-    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100"), ("NVIDIA H200", "h200"),
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H100 NVL", "h100-nvl"),
+    ("NVIDIA H200", "h200"),
     ("TPU v3", "tpu-v3"), ("cpu", "cpu"), ("Tesla V100-SXM2-16GB", None),
 ])
 def test_detection_from_the_device_name(device, key):
@@ -19,6 +20,16 @@ def test_the_paper_price_and_peaks():
     assert get_accelerator("A100").name == "a100-80gb"
     assert get_accelerator("h100").peak_flops == 989e12 and get_accelerator("a100-40gb").peak_flops == 312e12
     assert all(a.source for a in ACCELERATORS.values())
+
+
+def test_h100_form_factors_have_their_own_peaks():
+    """NVIDIA's datasheet gives bf16 with sparsity (SXM 1,979, PCIe 1,513, NVL 1,671 TFLOP/s);
+    the dense peak is half."""
+    from clipav2.perf.peaks import peak_tflops
+
+    for device, sparse in [("NVIDIA H100 80GB HBM3", 1979), ("NVIDIA H100 PCIe", 1513), ("NVIDIA H100 NVL", 1671)]:
+        assert peak_tflops(device) == pytest.approx(sparse / 2, abs=0.5), device
+        assert resolve("auto", None, device)[0].peak_flops == pytest.approx(sparse / 2 * 1e12, rel=1e-3)
 
 
 def test_resolve_prefers_an_explicit_price_and_detects_otherwise():

@@ -31,6 +31,11 @@ ACCELERATORS: dict[str, Accelerator] = {
     # mercatus-ai.com/blog/cloud-gpu-pricing, 2026-05: specialty clouds $2.50-3.50 for H100
     # SXM5; midpoint. Peak: NVIDIA H100 SXM datasheet, 989 TFLOP/s dense bf16.
     "h100": Accelerator("h100", 3.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05"),
+    # The other H100 form factors have fewer SMs / lower clocks. Peaks: NVIDIA H100 datasheet,
+    # bf16 with sparsity halved: PCIe 1,513 -> 756 TFLOP/s, NVL 1,671 -> 835 TFLOP/s. No separate
+    # price quote is recorded: they are charged as the H100 SXM entry (set cost.price_per_gpu_hour).
+    "h100-pcie": Accelerator("h100-pcie", 3.00, 756e12, "price as h100 (no separate quote); peak NVIDIA datasheet"),
+    "h100-nvl": Accelerator("h100-nvl", 3.00, 835e12, "price as h100 (no separate quote); peak NVIDIA datasheet"),
     # Same page, 2026-05: specialty clouds $3.50-4.50 for H200 SXM5; midpoint. Same compute as H100.
     "h200": Accelerator("h200", 4.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05"),
     # cloud.google.com/tpu/pricing, v3-8 device on-demand $8.00/h = 4 chips, read 2022-10.
@@ -40,7 +45,7 @@ ACCELERATORS: dict[str, Accelerator] = {
     "cpu": Accelerator("cpu", 0.0, None, "no charge unless cost.price_per_gpu_hour is set"),
 }
 ALIASES = {"a100": "a100-80gb", "a100-80g": "a100-80gb", "a100-40g": "a100-40gb", "h100-80gb": "h100",
-           "h200-141gb": "h200", "tpuv3": "tpu-v3", "v3": "tpu-v3"}
+           "h100-sxm": "h100", "h100-sxm5": "h100", "h200-141gb": "h200", "tpuv3": "tpu-v3", "v3": "tpu-v3"}
 
 
 def get_accelerator(name: str) -> Accelerator:
@@ -51,14 +56,19 @@ def get_accelerator(name: str) -> Accelerator:
 
 
 def detect_accelerator(device_name: str) -> str | None:
-    """'NVIDIA A100-SXM4-40GB' -> 'a100-40gb', 'NVIDIA H100 80GB HBM3' -> 'h100', 'cpu' -> 'cpu';
-    None for anything else (then the price must be given)."""
+    """'NVIDIA A100-SXM4-40GB' -> 'a100-40gb', 'NVIDIA H100 80GB HBM3' (SXM) -> 'h100',
+    'NVIDIA H100 PCIe' -> 'h100-pcie', 'NVIDIA H100 NVL' -> 'h100-nvl', 'cpu' -> 'cpu'; None for
+    anything else (then the price must be given)."""
     name = device_name.lower().replace("_", " ")
     if "a100" in name:
         return "a100-40gb" if "40gb" in name.replace(" ", "") else "a100-80gb"
-    for chip in ("h200", "h100"):
-        if chip in name:
-            return chip
+    if "h200" in name:
+        return "h200"
+    if "h100" in name:
+        for form in ("pcie", "nvl"):
+            if form in name:
+                return f"h100-{form}"
+        return "h100"
     if "tpu" in name and "v3" in name:
         return "tpu-v3"
     if name.strip() in ("cpu", "") or name.startswith("cpu"):
