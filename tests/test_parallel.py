@@ -1,7 +1,9 @@
 """The engine end to end on 2 CPU ranks (gloo): every strategy against the single-process run of
 the same global batch, resume after SIGKILL, SIGUSR1 preemption, NaN skipping, resharded FSDP
-resume, a crashed rank. All runs start at once (a few at a time) from one fixture; the driver is
-tests/dist/driver.py.
+resume, a crashed rank, and no host read inside the step (single, ddp, fsdp run under
+`forbid_host_sync`). The driver is tests/dist/driver.py; to save start-up time each launch runs
+several jobs in sequence (a job that ends the process comes last), 8 launches in all, started
+as soon as the launches they depend on are done.
 
 Equality runs use Adam eps 1e-3: parameters whose true gradient is 0 (the attention key bias)
 get float-noise gradients that Adam with eps 1e-8 turns into O(lr) steps whatever the engine.
@@ -13,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,16 +38,16 @@ def _port():
         return str(s.getsockname()[1])
 
 
-def _run(out, args, mode):
+def _run(args, mode):
     """mode: 'python' (1 process), 'torchrun' (2 ranks), 'slurm' (2 processes, SLURM variables)."""
-    args = [DRIVER, "--out", str(out), *args]
+    args = [DRIVER, *args]
     if mode == "python":
         p = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
         return [p.returncode], p.stdout + p.stderr
     if mode == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
         p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-        return [p.returncode], p.stdout + p.stderr
+        return [p.returncode, p.returncode], p.stdout + p.stderr
     port, procs = _port(), []
     for rank in range(2):
         env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
@@ -54,49 +57,61 @@ def _run(out, args, mode):
     return [p.returncode for p in procs], "".join(outs)
 
 
-def _chains(tmp):
-    """Every run accumulates 2 micro-batches per step: 1 process x 8, or 2 ranks x 4."""
-    ck, nan = ["--ckpt-every", "2"], ["--nan-step", "3"]
+def _launches(tmp):
+    """{launch: (mode, [(job name, driver args)], launches that must finish first)}. Every run
+    accumulates 2 micro-batches per step: 1 process x 8, or 2 ranks x 4."""
+    ck, nan, no_sync = ["--ckpt-every", "2"], ["--nan-step", "3"], ["--no-sync"]
     one, two = [*EPS, "--micro", "8"], [*EPS, "--micro", "4"]
     fsdp, zero3 = ["--strategy", "fsdp", *two], ["--strategy", "deepspeed", "--zero", "3", *two]
+    kill = ["--kill-step", str(KILL_STEP)]
     return {
-        "single": [("single", [*one, *nan], "python"),
-                   ("single_killed", [*one, *nan, *ck, "--kill-step", str(KILL_STEP)], "python"),
-                   ("single_killed", [*one, *nan, *ck], "python")],
-        "ddp": [("ddp", ["--strategy", "ddp", *two, *nan], "torchrun"),
-                ("diverge", ["--nan-step", "3-99", "--max-skips", "3", *ck], "python"),
-                ("crash", ["--strategy", "ddp", "--micro", "8", "--crash-step", "2", "--timeout-minutes", "0.1"], "slurm")],
-        "fsdp": [("fsdp", [*fsdp, *nan], "torchrun"),
-                 ("fsdp_killed", [*fsdp, *nan, *ck, "--kill-step", str(KILL_STEP)], "torchrun"),
-                 ("copy", tmp / "fsdp_killed", tmp / "fsdp_world1"),
-                 ("fsdp_killed", [*fsdp, *nan, *ck, "--usr1-step", "8"], "slurm"),  # preempted after step 9
-                 ("fsdp_killed", [*fsdp, *nan, *ck], "slurm"),
-                 ("fsdp_world1", ["--strategy", "fsdp", *one, *nan, *ck], "python")],
-        "zero12": [("zero1", ["--strategy", "deepspeed", "--zero", "1", *two, *nan], "torchrun"),
-                   ("zero2", ["--strategy", "deepspeed", "--zero", "2", *two, *nan], "torchrun")],
-        "zero3": [("zero3", [*zero3, *nan], "torchrun"),
-                  ("zero3_killed", [*zero3, *nan, *ck, "--kill-step", str(KILL_STEP)], "torchrun"),
-                  ("zero3_killed", [*zero3, *nan, *ck], "torchrun")],
+        "single": ("python", [("single", [*one, *nan, *no_sync]), ("single_killed", [*one, *nan, *ck, *kill])], []),
+        "native": ("torchrun", [("ddp", ["--strategy", "ddp", *two, *nan, *no_sync]), ("fsdp", [*fsdp, *nan, *no_sync]),
+                                ("fsdp_killed", [*fsdp, *nan, *ck, *kill])], []),
+        "zero": ("torchrun", [(f"zero{z}", ["--strategy", "deepspeed", "--zero", str(z), *two, *nan]) for z in (1, 2)]
+                 + [("zero3", [*zero3, *nan]), ("zero3_killed", [*zero3, *nan, *ck, *kill])], []),
+        "crash": ("slurm", [("crash", ["--strategy", "ddp", "--micro", "8", "--crash-step", "2", "--timeout-minutes", "0.1"])], []),
+        # the killed FSDP checkpoint, copied before it is resumed, finished on 1 rank
+        "world1": ("python", [("fsdp_world1", ["--strategy", "fsdp", *one, *nan, *ck])], ["native"]),
+        # skips at steps 4-6 (1-based) read every 4 steps: divergence seen at step 8
+        "resume1": ("python", [("single_killed", [*one, *nan, *ck]),
+                               ("diverge", ["--nan-step", "3-5", "--max-skips", "3", "--log-every", "4", *ck])], ["single"]),
+        "preempt": ("slurm", [("fsdp_killed", [*fsdp, *nan, *ck, "--usr1-step", "8"])], ["native"]),  # after step 9
+        "resume2": ("slurm", [("zero3_killed", [*zero3, *nan, *ck]), ("fsdp_killed", [*fsdp, *nan, *ck])], ["zero", "preempt"]),
     }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine")
-    results = {}
+    launches = _launches(tmp)
+    done = {name: threading.Event() for name in launches}
+    results, lock = {}, threading.Lock()
 
-    def chain(steps):
-        for name, args, mode in steps:
-            if name == "copy":
-                shutil.copytree(args, mode)
-                continue
+    def launch(name):
+        mode, jobs, after = launches[name]
+        try:
+            for dep in after:
+                done[dep].wait()
+            args = [a for i, (job, job_args) in enumerate(jobs) for a in ([] if i == 0 else ["--then"]) + ["--out", str(tmp / job), *job_args]]
             start = time.monotonic()
-            results.setdefault(name, []).append(_run(tmp / name, args, mode))
-            print(f"{name} ({mode}): {time.monotonic() - start:.0f} s", flush=True)
+            codes, log = _run(args, mode)
+            print(f"{name} ({mode}, {len(jobs)} jobs): {time.monotonic() - start:.0f} s", flush=True)
+            if name == "native":  # the killed 2-rank FSDP checkpoint, before "preempt" resumes it
+                shutil.copytree(tmp / "fsdp_killed", tmp / "fsdp_world1")
+            with lock:
+                for i, (job, _) in enumerate(jobs):
+                    finished = log.count(f"[job done: {tmp / job}]") == len(codes)
+                    job_codes = codes if i == len(jobs) - 1 else [0 if finished else -1] * len(codes)
+                    results.setdefault(job, []).append((job_codes, log))
+        finally:
+            done[name].set()
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        for f in [pool.submit(chain, c) for c in _chains(tmp).values()]:
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(launches)) as pool:
+        for f in [pool.submit(launch, name) for name in launches]:
             f.result()
+    print(f"all launches: {time.monotonic() - start:.0f} s", flush=True)
     return tmp, results
 
 
@@ -148,7 +163,7 @@ def test_nan_step_is_skipped_and_the_run_continues(runs):
 def test_sigkill_then_restart_equals_uninterrupted(runs, name, ref):
     tmp, results = runs
     killed, _ = results[name][0]
-    assert killed != [0], f"the run killed at step {KILL_STEP} exited cleanly"
+    assert any(c != 0 for c in killed), f"the run killed at step {KILL_STEP} exited cleanly"
     _ok(results, name)
     assert _max_diff(_weights(tmp, name), _weights(tmp, ref)) <= 1e-6, f"killed at step {KILL_STEP}"
     resumed, uninterrupted = _losses(tmp, name), _losses(tmp, ref)
@@ -176,11 +191,13 @@ def test_sigusr1_checkpoints_and_exits_preempted_then_resumes(runs):
 
 
 def test_consecutive_nans_stop_the_run_as_diverged(runs):
+    """Steps 3-5 (0-based) are the 4th-6th steps; the counters are read at steps 4 and 8, and the
+    run of 3 that ended before the second read is still found there."""
     tmp, results = runs
     codes, log = results["diverge"][0]
     assert codes == [exitcodes.DIVERGED], log[-4000:]
-    assert "ending at step 6" in log  # steps 3, 4, 5 (0-based) are the 4th-6th steps
-    assert (tmp / "diverge" / "checkpoints" / "step_00000006" / "manifest.json").exists()
+    assert "3 consecutive non-finite steps starting at step 4, ending at step 6 (seen at step 8" in log
+    assert (tmp / "diverge" / "checkpoints" / "step_00000008" / "manifest.json").exists()
 
 
 def test_a_crashed_rank_stops_the_other(runs):

@@ -4,7 +4,9 @@ The DeepSpeed config is generated from ours (batch sizes, accumulation, ZeRO sta
 clipping) and a user's JSON (`parallel.deepspeed_config`) is merged over it. Our torch AdamW is
 handed to `deepspeed.initialize`, which avoids compiling `fused_adam` (and lets the bf16-momentum
 AdamW run under ZeRO). DeepSpeed skips the update itself when the gradient norm is non-finite
-(fp32, and bf16 with `check_grad_overflow`); we read that back with `was_step_applied()`.
+(fp32, and bf16 with `check_grad_overflow`); we read that back with `was_step_applied()`. That
+check is a host read inside DeepSpeed's `engine.step()`: unlike single/ddp/fsdp, a DeepSpeed step
+synchronises the host once (its engine offers no device-side skip).
 
 Checkpoints are DeepSpeed's own format (`save_checkpoint`), read back through a checkpoint engine
 that uses `torch.load(weights_only=True)` with an allow-list of DeepSpeed's few classes. They
@@ -106,14 +108,17 @@ class DeepSpeedStrategy(Strategy):
         if micro_index < n_micro - 1:
             self.model.step()  # a no-op before the accumulation boundary, as DeepSpeed expects
 
-    def _apply_step(self, lr, loss_finite):
+    def _apply_step(self, lr, loss):
+        """DeepSpeed's engine checks the gradients for overflow on the host inside `step()` (it
+        decides there whether to call the optimizer), so this strategy syncs once per step
+        whatever we do; we read its verdict back as host values."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.step()
         norm = self.model.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
-        applied = self.model.was_step_applied() and math.isfinite(norm)
-        return norm, applied
+        skipped = not (self.model.was_step_applied() and math.isfinite(norm))
+        return norm, skipped
 
     def _save_state(self, path):
         self.model.save_checkpoint(str(path / "deepspeed"), tag=TAG, save_latest=False)

@@ -7,7 +7,8 @@ process group. Three launchers are understood, by their environment variables al
 
 Without either, the run is one process. The backend is nccl on CUDA and gloo on the CPU; the
 collective timeout is `parallel.timeout_minutes`, so a crashed rank stops the others instead
-of leaving them blocked forever.
+of leaving them blocked forever. CUDA runs also get a gloo side group (`host_group()`) for
+host-side agreements that must not wait on the GPU.
 """
 from __future__ import annotations
 
@@ -70,6 +71,23 @@ def launcher_env(env=os.environ) -> dict | None:
     return None
 
 
+_HOST_GROUP = None
+
+
+def _make_host_group(cuda: bool, timeout_minutes: float) -> None:
+    """A gloo group over the same ranks for small host-side agreements (the preemption flag after
+    every step): with NCCL, reading a collective's result would wait for the GPU to drain."""
+    global _HOST_GROUP
+    if cuda:
+        _HOST_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def host_group():
+    """The group for host-side collectives on CPU tensors: the gloo side group on CUDA runs, None
+    (the default group, itself gloo) on CPU runs; None also when the group was made elsewhere."""
+    return _HOST_GROUP
+
+
 def _free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,6 +118,9 @@ def init_distributed(cfg) -> World:
     if not dist.is_initialized():
         os.environ["MASTER_ADDR"] = info["master_addr"]
         os.environ["MASTER_PORT"] = str(info["master_port"])
+        # as torchrun sets them: DeepSpeed insists on LOCAL_RANK (an srun launch has only SLURM_*)
+        for key in ("rank", "world_size", "local_rank"):
+            os.environ.setdefault(key.upper(), str(info[key]))
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             rank=info["rank"],
@@ -107,4 +128,5 @@ def init_distributed(cfg) -> World:
             timeout=datetime.timedelta(minutes=cfg.parallel.timeout_minutes),
             device_id=device if cuda else None,
         )
+        _make_host_group(cuda, cfg.parallel.timeout_minutes)
     return World(rank=info["rank"], world_size=info["world_size"], local_rank=local_rank, device=device)

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipav2.parallel.base import Strategy
 from clipav2.parallel.dcp_io import full_model_state, load_dcp, save_dcp
-from clipav2.train.optim import build_optimizer
+from clipav2.train.optim import build_optimizer, skip_step_on_device
 
 
 class SingleStrategy(Strategy):
@@ -21,10 +21,8 @@ class SingleStrategy(Strategy):
         model = model.to(self.world.device)
         self.module = model
         self.model = self._distribute(model)
-        cuda = self.world.device.type == "cuda"
-        self.optimizer = build_optimizer(
-            model, self.stage, self.cfg.parallel.bf16_momentum, fused=cuda and self.cfg.parallel.fused_optimizer
-        )
+        # fused AdamW (CUDA and CPU) honours a device-side `found_inf`: no host sync to skip a step
+        self.optimizer = build_optimizer(model, self.stage, self.cfg.parallel.bf16_momentum, fused=self.cfg.parallel.fused_optimizer)
 
     def _distribute(self, model):
         return model
@@ -50,18 +48,16 @@ class SingleStrategy(Strategy):
     def _clip(self, norm):
         torch.nn.utils.clip_grads_with_norm_(self.module.parameters(), self.stage.grad_clip, norm)
 
-    def _apply_step(self, lr, loss_finite):
+    def _apply_step(self, lr, loss):
         norm = self._grad_norm()
-        grad_norm = norm.item()
-        applied = loss_finite and torch.isfinite(norm).item()
-        if applied:
-            if self.stage.grad_clip is not None:
-                self._clip(norm)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
+        skipped = ~(torch.isfinite(norm) & torch.isfinite(loss))
+        if self.stage.grad_clip is not None:
+            self._clip(norm)  # on the device; a non-finite norm only spoils grads that are dropped
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        skip_step_on_device(self.optimizer, skipped)
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, applied
+        return norm.detach(), skipped
 
     def _save_state(self, path):
         save_dcp(self.model, self.optimizer, path / "state")

@@ -1,15 +1,22 @@
 """Fault handling the loop consults after every step.
 
-- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a flag; after the current step the
-  ranks agree (any rank signalled -> all stop), the loop checkpoints and exits PREEMPTED, which
-  the launch scripts requeue.
-- `max_consecutive_skips` non-finite steps in a row -> checkpoint and exit DIVERGED, naming the step.
+- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a process-wide flag. The handler is
+  installed once for the whole run (`install_signal_handlers()`, before the first stage) and the
+  flag outlives any one FaultMonitor, so a signal that arrives between two stages is honoured at
+  the next step of the next stage. After each step the ranks agree (any rank signalled -> all
+  stop) over a host-side gloo group, so the agreement never waits on the GPU; the loop
+  checkpoints and exits PREEMPTED, which the launch scripts requeue.
+- `max_consecutive_skips` non-finite steps in a row -> checkpoint and exit DIVERGED, naming the
+  run's first and last step. The skip counters live on the device (`strategy.skips`); the loop
+  reads them at log steps and passes the report, so divergence is noticed up to one log interval
+  late (the counters keep the longest run since the previous read: no run is missed).
 - A crashed rank: the collective timeout (`parallel.timeout_minutes`, see parallel/env.py) makes
   the others fail instead of hanging.
 
+    install_signal_handlers()                           # once, at the start of the run
     monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
     ...
-    code = monitor.after_step(step, result)
+    code = monitor.after_step(step, result, strategy.skips.read() if log_step else None)
     if code is not None:
         ckpt.save(strategy, step, extra); print(monitor.message); sys.exit(code)
 """
@@ -21,44 +28,87 @@ import torch
 import torch.distributed as dist
 
 from clipav2 import exitcodes
+from clipav2.parallel.env import host_group
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_received: str | None = None  # the first preemption signal this process got and has not acted on
+
+
+def _on_signal(signum, frame) -> None:
+    global _received
+    _received = _received or signal.Signals(signum).name
+
+
+def install_signal_handlers(signals=PREEMPT_SIGNALS) -> None:
+    """Route `signals` to the process-wide preemption flag (idempotent; keeps a pending flag)."""
+    for sig in signals:
+        if signal.getsignal(sig) is not _on_signal:
+            signal.signal(sig, _on_signal)
+
+
+def signal_received() -> str | None:
+    return _received
+
+
+def clear_signal() -> None:
+    global _received
+    _received = None
 
 
 class FaultMonitor:
     def __init__(self, max_consecutive_skips: int, world=None, signals=PREEMPT_SIGNALS):
         self.max_consecutive_skips = max_consecutive_skips
         self.world = world
-        self.consecutive_skips = 0
-        self.signal_received = None
+        self.consecutive_skips = 0  # only for results read on the host every step
+        self.run_first_step = 0
         self.message = ""
-        for sig in signals:
-            signal.signal(sig, self._on_signal)
+        install_signal_handlers(signals)
 
-    def _on_signal(self, signum, frame):
-        self.signal_received = signal.Signals(signum).name
+    @property
+    def signal_received(self) -> str | None:
+        return _received
 
     def _preempted_anywhere(self) -> bool:
-        flag = self.signal_received is not None
+        flag = _received is not None
         if self.world is None or not self.world.distributed:
             return flag
-        t = torch.tensor([float(flag)], device=self.world.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        group = host_group()
+        t = torch.tensor([float(flag)], device="cpu" if group is not None or self.world.device.type == "cpu" else self.world.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return bool(t.item())  # a CPU tensor whenever a host group exists: no device sync
 
-    def after_step(self, step: int, result) -> int | None:
+    def _longest_run(self, step: int, result, skips) -> tuple[int, int]:
+        """(length, first step) of the longest run of consecutive skips known at `step`."""
+        run = (0, 0)
+        if result is not None and not isinstance(result.skipped, torch.Tensor):  # a host value (DeepSpeed, tests)
+            self.consecutive_skips = self.consecutive_skips + 1 if result.skipped else 0
+            self.run_first_step = step if self.consecutive_skips == 1 else self.run_first_step
+            run = (self.consecutive_skips, self.run_first_step)
+        # a device flag is never read here: the counters report it at the next log step
+        if skips is not None and skips.longest_run > run[0]:
+            run = (skips.longest_run, skips.longest_run_first_step)
+        return run
+
+    def after_step(self, step: int, result=None, skips=None) -> int | None:
         """The exit code to stop with after checkpointing (PREEMPTED / DIVERGED), or None to go on.
-        `step` is the 1-based number of the step just finished. Collective: every rank calls it."""
-        self.consecutive_skips = self.consecutive_skips + 1 if result.skipped else 0
+        `step` is the 1-based number of the step just finished; `result` its StepResult; `skips`
+        the strategy's `SkipReport` when the loop read it at this (log) step. A result whose
+        `skipped` is a device tensor is not read (no sync): its skip is counted from the next
+        report. A host result is counted at once. Collective: every rank calls it every step
+        (a host-side round trip, no device sync)."""
+        run, first = self._longest_run(step, result, skips)
         preempted = self._preempted_anywhere()
-        if self.consecutive_skips >= self.max_consecutive_skips:
+        if run >= self.max_consecutive_skips:
+            last = first + run - 1
+            seen = f" (seen at step {step}: skips are read every log interval)" if last != step else ""
             self.message = (
-                f"diverged: {self.consecutive_skips} consecutive non-finite steps ending at step {step} "
-                f"(loss {result.loss}, grad norm {result.grad_norm}); checkpoint written, exit {exitcodes.DIVERGED}"
+                f"diverged: {run} consecutive non-finite steps starting at step {first}, ending at step {last}{seen} "
+                f"(limit {self.max_consecutive_skips}); checkpoint written, exit {exitcodes.DIVERGED}"
             )
             return exitcodes.DIVERGED
         if preempted:
-            who = self.signal_received or "a signal on another rank"
+            who = _received or "a signal on another rank"
+            clear_signal()  # acted on: the process checkpoints and exits
             self.message = f"preempted by {who} after step {step}; checkpoint written, exit {exitcodes.PREEMPTED} (requeue)"
             return exitcodes.PREEMPTED
         return None

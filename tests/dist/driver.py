@@ -8,13 +8,22 @@ so any (world, micro, accumulation) split of the same global batch sees the same
 
 Writes to --out: losses.json (rank 0: per-step loss/lr/grad norm/skipped), final.safetensors
 (consolidated fp32, rank 0), checkpoints/ (with --ckpt-every).
+
+Several jobs run one after the other in one launch (`JOB_ARGS --then JOB_ARGS ...`, sharing the
+process group) to save start-up time; a job that exits (preemption, divergence, a kill) must be
+the launch's last. As the training loop does, step results stay on the device and are read every
+--log-every steps (and before a checkpoint); with --no-sync the step runs under
+`forbid_host_sync()`.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 from pathlib import Path
+
+import gc
 
 import torch
 from safetensors.torch import save_file
@@ -23,13 +32,15 @@ import clipav2
 from clipav2.config import load_config
 from clipav2.loss import clip_loss
 from clipav2.parallel import build_strategy, init_distributed
+from clipav2.parallel.base import to_host
+from clipav2.parallel.nosync import forbid_host_sync
 from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
-from clipav2.train.faults import FaultMonitor
+from clipav2.train.faults import FaultMonitor, install_signal_handlers
 
 GLOBAL_BATCH = 16
 
 
-def parse():
+def parse(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("--strategy", default="single")
     ap.add_argument("--zero", type=int, default=2)
@@ -42,9 +53,23 @@ def parse():
     ap.add_argument("--usr1-step", type=int, default=-1, help="the last rank sends itself SIGUSR1 mid-step")
     ap.add_argument("--crash-step", type=int, default=-1, help="the last rank exits abruptly")
     ap.add_argument("--max-skips", type=int, default=3)
+    ap.add_argument("--log-every", type=int, default=5, help="read step results and skip counters every N steps")
+    ap.add_argument("--no-sync", action="store_true", help="fail if the step reads a tensor on the host")
     ap.add_argument("--timeout-minutes", type=float, default=10.0)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
-    return ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def jobs(argv):
+    """`A --then B --then C` -> [A, B, C], each parsed on its own."""
+    parts, current = [], []
+    for arg in argv:
+        if arg == "--then":
+            parts.append(current)
+            current = []
+        else:
+            current.append(arg)
+    return [parse(p) for p in [*parts, current]]
 
 
 def data(n):
@@ -52,8 +77,7 @@ def data(n):
     return torch.randn(n, 3, 32, 32, generator=g), torch.randint(1, 32000, (n, 16), generator=g)
 
 
-def main():
-    a = parse()
+def run(a):
     lo, _, hi = a.nan_step.partition("-") if not a.nan_step.startswith("-") else ("-1", "", "")
     nan_steps = range(int(lo), int(hi or lo) + 1)
     overrides = [
@@ -92,27 +116,38 @@ def main():
         start, log = extra["step"], extra["log"]
         set_rng_state(extra["rng"])
     last = world.world_size - 1
+    pending = []  # this interval's step results, still on the device
+
+    def flush():
+        log.extend({"loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped} for r in to_host(pending))
+        pending.clear()
+
     for step in range(start, a.steps):
-        for m in range(n_micro):
-            if step == a.kill_step and m == 0 and world.rank == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if step == a.usr1_step and m == 0 and world.rank == last:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            if step == a.crash_step and world.rank == last:
-                os._exit(3)
-            lo = step * GLOBAL_BATCH + m * (GLOBAL_BATCH // n_micro) + world.rank * a.micro
-            x, t = images[lo : lo + a.micro].to(world.device), ids[lo : lo + a.micro].to(world.device)
+        with forbid_host_sync() if a.no_sync else contextlib.nullcontext():
+            for m in range(n_micro):
+                if step == a.kill_step and m == 0 and world.rank == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if step == a.usr1_step and m == 0 and world.rank == last:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                if step == a.crash_step and world.rank == last:
+                    os._exit(3)
+                lo = step * GLOBAL_BATCH + m * (GLOBAL_BATCH // n_micro) + world.rank * a.micro
+                x, t = images[lo : lo + a.micro].to(world.device), ids[lo : lo + a.micro].to(world.device)
 
-            def loss_fn(model):
-                img, txt, scale = model(x, t)
-                loss = clip_loss(img, txt, scale, world)
-                return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
+                def loss_fn(model):
+                    img, txt, scale = model(x, t)
+                    loss = clip_loss(img, txt, scale, world)
+                    return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
 
-            strategy.forward_backward(loss_fn, m, n_micro)
-        r = strategy.step()
-        log.append({"loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped})
-        code = monitor.after_step(step + 1, r)
-        if code is not None or ckpt.due(step + 1):
+                strategy.forward_backward(loss_fn, m, n_micro)
+            pending.append(strategy.step())
+        log_step = (step + 1) % a.log_every == 0 or step + 1 == a.steps
+        skips = strategy.skips.read() if log_step else None
+        code = monitor.after_step(step + 1, pending[-1], skips)
+        due = code is not None or ckpt.due(step + 1)
+        if log_step or due:
+            flush()
+        if due:
             ckpt.save(strategy, step + 1, {"step": step + 1, "log": log, "rng": rng_state()})
         if code is not None:
             print(monitor.message, flush=True)
@@ -124,6 +159,16 @@ def main():
         save_file({k: v.contiguous() for k, v in weights.items()}, str(Path(a.out) / "final.safetensors"))
     if world.distributed:
         torch.distributed.barrier()
+    sys.stdout.write(f"[job done: {a.out}]\n")  # one write: ranks share the pipe
+    sys.stdout.flush()
+
+
+def main():
+    install_signal_handlers()  # once for the launch, as the loop does for a run
+    for a in jobs(sys.argv[1:]):
+        run(a)
+        gc.collect()
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
