@@ -81,6 +81,12 @@ class CLIP(nn.Module):
             block.attn.set_backend(backend)
         self.arch = dataclasses.replace(self.arch, attention=backend)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block in place. Order matters on the GPU path: compile,
+        then checkpoint (the towers wrap each block call), then shard (the strategy)."""
+        for block in [*self.visual.blocks, *self.text.blocks]:
+            block.compile()
+
 
 def create_model(name: str, **overrides) -> CLIP:
     """Build a named architecture (open_clip's names, e.g. "ViT-H-14-CLIPA", or "tiny"/"demo")

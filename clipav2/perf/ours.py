@@ -10,14 +10,6 @@ import itertools
 import torch
 
 
-def compile_blocks(model) -> None:
-    """torch.compile each transformer block in place, as the loop does: compile, then checkpoint
-    (the towers wrap each call), then shard (the strategy)."""
-    for tower in (model.visual, model.text):
-        for block in tower.blocks:
-            block.compile()
-
-
 def build_model(cfg, stage):
     from clipav2 import create_model
     from clipav2.train.stages import model_options
@@ -26,7 +18,7 @@ def build_model(cfg, stage):
     model = create_model(cfg.model.name, image_size=stage.image_size, context_length=stage.text_len,
                          **model_options(cfg))
     if cfg.model.compile:
-        compile_blocks(model)
+        model.compile_blocks()
     return model
 
 

@@ -139,9 +139,7 @@ class Trainer:
         has_ckpt = bool(ckpt.complete())
         model = build_stage_model(cfg, index, self.run_dir)
         if cfg.model.compile:
-            for tower in (model.visual, model.text):
-                for block in tower.blocks:
-                    block.compile()
+            model.compile_blocks()
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
