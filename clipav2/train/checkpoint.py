@@ -46,11 +46,14 @@ def _all_gather_json(world, value):
 
 
 def _any(world, flag: bool) -> bool:
-    """True on every rank if `flag` is True on any rank."""
+    """True on every rank if `flag` is True on any rank. Runs every step, so it votes with a CPU
+    tensor over the host (gloo) group: no wait on the GPU's queue."""
     if world is None or not world.distributed:
         return flag
-    t = torch.tensor([float(flag)], device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    from clipav2.parallel.env import host_group
+
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return bool(t.item())
 
 
