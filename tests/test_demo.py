@@ -1,55 +1,70 @@
-"""The demo recipe, shortened (about half the pre-training samples, a quarter of the fine-tune,
-a smaller generated set), on two seeds: zero-shot accuracy after fine-tuning is clearly above
-chance on both. The full demo (docs/recipes_demo.md) clears the same margin comfortably. Also:
-`clipav2 eval` on the stage file reproduces the figure the run wrote to eval.jsonl."""
+"""The demo recipe, shortened (fewer samples per stage, a smaller generated set), on two seeds run
+at once as two single-thread `clipav2 train` processes: zero-shot accuracy after fine-tuning is
+clearly above chance on both. The full demo (docs/recipes_demo.md) clears the same margin
+comfortably. Also: `clipav2 eval` on the stage file reproduces the figure the run wrote to eval.jsonl."""
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from clipav2 import exitcodes
-from clipav2.config import load_config
 from test_train_support import small_demo
 
 DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
-MARGIN = 1.5  # top-5 accuracy must reach MARGIN x its chance level (5/36); measured 1.8x and 2.9x, full demo 5x
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_demo(tmp_path_factory, n_train=3000, n_eval=360)
+SEEDS = (0, 1)
+CHANCE_TOP5 = 5 / 36
+# Top-5 after fine-tuning must reach MARGIN x chance (20.8%). Measured: seed 0 30.3% (2.2x), seed 1
+# 55.8% (4.0x); seed 2 35.8% with a 3,072-sample fine-tune; full demo 81.5% (5.9x).
+MARGIN = 1.5
 
 
 def _shortened(data, run, seed):
     return [f"run_dir={run}", f"seed={seed}", "data.demo=false", f"data.train={data / 'train'}",
             f"data.eval={data / 'eval'}", "data.workers=0", "log.progress=false", "log.tensorboard=false",
-            "stages.pretrain.samples=15360", "stages.pretrain.warmup_steps=12",
+            "stages.pretrain.samples=12288", "stages.pretrain.warmup_steps=10",
             "stages.finetune.samples=2048", "stages.finetune.warmup_steps=2"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_shortened_demo_beats_chance(tmp_path, data, seed, capsys):
-    from clipav2.train.loop import train
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both seeds trained concurrently, one thread each: {seed: (run_dir, data, returncode, stdout)}."""
+    data = small_demo(tmp_path_factory, n_train=2000, n_eval=360)
+    root = tmp_path_factory.mktemp("demo_runs")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {}
+    for seed in SEEDS:
+        run = root / f"seed{seed}"
+        cmd = [sys.executable, "-m", "clipav2", "train", DEMO, *_shortened(data, run, seed)]
+        procs[seed] = (run, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return {seed: (run, data, proc.wait(), proc.stdout.read()) for seed, (run, proc) in procs.items()}
 
-    run = tmp_path / "run"
-    cfg = load_config(DEMO, _shortened(data, run, seed), world_size=1, check_data=True)
-    assert train(cfg) == exitcodes.OK
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_shortened_demo_beats_chance(runs, seed):
+    run, _, code, out = runs[seed]
+    assert code == exitcodes.OK, out[-3000:]
     evals = {e["stage"]: e for e in map(json.loads, (run / "eval.jsonl").read_text().splitlines())}
     final = evals["finetune"]
     assert final["classes"] == 36 and final["n"] == 360
-    assert final["top5"] >= MARGIN * 5 / 36, final
-    out = capsys.readouterr().out
-    assert "[finetune] zero-shot top-1" in out and "cost:" in out
+    assert final["top5"] >= MARGIN * CHANCE_TOP5, final
+    assert "[pretrain] zero-shot top-1" in out and "[finetune] zero-shot top-1" in out and "cost:" in out
 
-    if seed == 0:  # the eval command agrees with what the run recorded
-        from clipav2.commands import eval as eval_cmd
 
-        args = argparse.Namespace(config=DEMO, overrides=_shortened(data, run, seed),
-                                  checkpoint=str(run / "finetune.safetensors"), data=None, retrieval=None,
-                                  stage=None, json=True)
-        assert eval_cmd.main(args) == exitcodes.OK
-        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert printed["stage"] == "finetune"
-        assert printed["zero_shot"]["top1"] == pytest.approx(final["top1"])
-        assert printed["zero_shot"]["top5"] == pytest.approx(final["top5"])
+def test_eval_command_agrees_with_the_run(runs, capsys):
+    from clipav2.commands import eval as eval_cmd
+
+    run, data, code, _ = runs[SEEDS[0]]
+    assert code == exitcodes.OK
+    final = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()][-1]
+    args = argparse.Namespace(config=DEMO, overrides=_shortened(data, run, SEEDS[0]),
+                              checkpoint=str(run / "finetune.safetensors"), data=None, retrieval=None,
+                              stage=None, json=True)
+    assert eval_cmd.main(args) == exitcodes.OK
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["stage"] == "finetune"
+    assert printed["zero_shot"]["top1"] == pytest.approx(final["top1"])
+    assert printed["zero_shot"]["top5"] == pytest.approx(final["top5"])
