@@ -52,7 +52,9 @@ def test_captions_describe_the_scene():
         words = text.split()
         assert 5 <= len(words) <= 30, text
         main = scene["objects"][0]
-        assert words[1:3] == [main["size"], main["color"]] and main["shape"] in words[3] + words[4], text
+        # the main object leads: colour and shape first, its size in the bracket after them
+        assert words[1] == main["color"] and words[2].startswith(main["shape"]), text
+        assert words[3].strip("(,)") == main["size"], text
         assert all(o["color"] in words for o in scene["objects"]) and scene["background"] in words
         assert words[-1] == "background"
 
