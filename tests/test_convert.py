@@ -13,13 +13,7 @@ from clipav2.models.convert import (
     from_open_clip, load_model, read_metadata, save_model, save_open_clip, to_open_clip,
 )
 
-TINY = dict(  # an open_clip CLIPA-style model with our "tiny" shapes
-    embed_dim=32,
-    vision_cfg=dict(image_size=32, layers=2, width=32, head_width=16, patch_size=8, mlp_ratio=2,
-                    no_ln_pre=True, pool_type="avg", final_ln_after_pool=True),
-    text_cfg=dict(context_length=16, vocab_size=32000, width=32, heads=2, layers=2, mlp_ratio=2,
-                  pool_type="last", no_causal_mask=True),
-)
+from openclip_tiny import TINY
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(0, 30522, (2, 16), generator=torch.Generator().manual_seed(1))
 

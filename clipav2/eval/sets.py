@@ -19,35 +19,28 @@ def _lines(path) -> list[str]:
     return lines
 
 
-def classnames(spec: str, eval_path: str | None = None) -> list[str]:
-    """`demo`, `imagenet`, or a text file; `demo` prefers the classnames.txt beside the set."""
+def _named_list(kind: str, spec: str, eval_path: str | None) -> list[str]:
+    """`demo` (preferring OUT/eval/<kind>.txt beside the set), `imagenet`, or a text file."""
     if spec == "demo":
-        beside = Path(eval_path or "") / "classnames.txt"
+        beside = Path(eval_path or "") / f"{kind}.txt"
         if eval_path and beside.is_file():
             return _lines(beside)
         from clipav2.data import demo
 
-        return demo.classnames()
+        return getattr(demo, kind)()
     if spec == "imagenet":
-        from clipav2.data.zeroshot import IMAGENET_CLASSNAMES
+        from clipav2.data import zeroshot
 
-        return list(IMAGENET_CLASSNAMES)
+        return list(getattr(zeroshot, f"IMAGENET_{kind.upper()}"))
     return _lines(spec)
+
+
+def classnames(spec: str, eval_path: str | None = None) -> list[str]:
+    return _named_list("classnames", spec, eval_path)
 
 
 def templates(spec: str, eval_path: str | None = None) -> list[str]:
-    if spec == "demo":
-        beside = Path(eval_path or "") / "templates.txt"
-        if eval_path and beside.is_file():
-            return _lines(beside)
-        from clipav2.data import demo
-
-        return demo.templates()
-    if spec == "imagenet":
-        from clipav2.data.zeroshot import IMAGENET_TEMPLATES
-
-        return list(IMAGENET_TEMPLATES)
-    return _lines(spec)
+    return _named_list("templates", spec, eval_path)
 
 
 def _image_of(record: dict):
