@@ -88,6 +88,19 @@ def host_group():
     return _HOST_GROUP
 
 
+def any_rank(world, flag: bool) -> bool:
+    """True on every rank if `flag` is True on any rank. Collective, and called every step (is a
+    checkpoint due? was a signal received?), so it votes with a CPU tensor over the host group
+    and never waits on the GPU's queue; only without a host group on CUDA does it use the device."""
+    if world is None or not world.distributed:
+        return flag
+    group = host_group()
+    device = "cpu" if group is not None or world.device.type == "cpu" else world.device
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
 def _free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

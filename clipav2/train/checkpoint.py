@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from clipav2.parallel.env import any_rank
+
 MANIFEST = "manifest.json"
 PREFIX = "step_"
 
@@ -43,18 +45,6 @@ def _all_gather_json(world, value):
     out = [None] * world.world_size
     dist.all_gather_object(out, value)
     return out
-
-
-def _any(world, flag: bool) -> bool:
-    """True on every rank if `flag` is True on any rank. Runs every step, so it votes with a CPU
-    tensor over the host (gloo) group: no wait on the GPU's queue."""
-    if world is None or not world.distributed:
-        return flag
-    from clipav2.parallel.env import host_group
-
-    t = torch.tensor([float(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
-    return bool(t.item())
 
 
 def _checksums(directory: Path, world) -> dict:
@@ -143,7 +133,7 @@ class CheckpointManager:
     def due(self, step: int) -> bool:
         """Is a checkpoint due after `step` (1-based count of completed steps)? Collective."""
         late = (time.monotonic() - self._last_save) / 60 >= self.every_minutes
-        return step % self.every_steps == 0 or _any(self.world, late and self._main)
+        return step % self.every_steps == 0 or any_rank(self.world, late and self._main)
 
     def complete(self) -> list[Path]:
         """Complete checkpoint directories (with a manifest), newest first."""
@@ -188,7 +178,7 @@ class CheckpointManager:
                     extra = strategy.load(path)
                 except (Exception, CheckpointException) as e:  # DCP's is a BaseException
                     problem, extra = f"failed to load ({type(e).__name__}: {e})", None
-                if not _any(self.world, problem is not None):
+                if not any_rank(self.world, problem is not None):
                     return extra
                 problem = problem or "failed to load on another rank"
             fallback = candidates[i + 1].name if i + 1 < len(candidates) else "a fresh start"

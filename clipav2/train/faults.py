@@ -25,10 +25,9 @@ from __future__ import annotations
 import signal
 
 import torch
-import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.parallel.env import host_group
+from clipav2.parallel.env import any_rank
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _received: str | None = None  # the first preemption signal this process got and has not acted on
@@ -69,13 +68,7 @@ class FaultMonitor:
         return _received
 
     def _preempted_anywhere(self) -> bool:
-        flag = _received is not None
-        if self.world is None or not self.world.distributed:
-            return flag
-        group = host_group()
-        t = torch.tensor([float(flag)], device="cpu" if group is not None or self.world.device.type == "cpu" else self.world.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-        return bool(t.item())  # a CPU tensor whenever a host group exists: no device sync
+        return any_rank(self.world, _received is not None)
 
     def _longest_run(self, step: int, result, skips) -> tuple[int, int]:
         """(length, first step) of the longest run of consecutive skips known at `step`."""

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from clipav2 import exitcodes
 from clipav2.config import grad_accum_steps, save_config
+from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger
 from clipav2.train.stages import build_stage_model, stage_weights
 
@@ -33,14 +33,6 @@ def _say(world, msg: str) -> None:
 def _barrier(world) -> None:
     if world.distributed:
         dist.barrier()
-
-
-def _any_rank(world, flag: bool) -> bool:
-    if not world.distributed:
-        return flag
-    t = torch.tensor([float(flag)], device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def prepare_demo_data(cfg, world) -> None:
@@ -248,7 +240,7 @@ class Trainer:
             to_next = min(ckpt.every_steps - step % ckpt.every_steps, stage.steps - step) * seconds_per_step
             decision = self.guard.check(self.ledger, record["projected_cost_usd"], to_next)
             stop = decision == "stop"
-        return "stop" if _any_rank(world, stop) else None
+        return "stop" if any_rank(world, stop) else None
 
     def _finish_stage(self, index: int, full: dict, step: int) -> None:
         """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors."""
