@@ -1,4 +1,4 @@
-"""The optimizer of the spec (section 3): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
+"""The optimizer of CLIPA-v2 (clipa_jax/main.py, optax): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
 decay on weight matrices only, optionally a bfloat16 first moment (CLIPA's memory saving), and a
 linear-warmup + cosine-to-0 learning rate counted in optimizer steps.
 """

@@ -41,8 +41,7 @@ class ClipArch:
     text: TextArch
     gelu: str = "tanh"  # "tanh" (JAX) | "exact" (open_clip)
     ln_eps: float = 1e-6  # 1e-6 (JAX) | 1e-5 (open_clip)
-    attention: str = "sdpa"  # "sdpa" | "flash_attn" | "xformers"
-    checkpointing: str = "none"  # "none" | "all" | "every_<k>" (every k-th block)
+    attention: str = "sdpa"  # a backend of clipav2.models.attention
 
 
 def _clipa(name, embed, img, patch, vw, vd, vm, vh, tw, td, tm, th, ctx=32) -> ClipArch:

@@ -6,7 +6,7 @@ from torch import nn
 
 from clipav2.models.arch import ClipArch
 from clipav2.models.posembed import resample_grid, sincos_2d
-from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
+from clipav2.models.transformer import make_blocks
 
 
 def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,6 @@ class VisionTower(nn.Module):
             raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {v.pos_embed!r}")
         self.image_size = v.image_size
         self.blocks = make_blocks(v.depth, v.width, v.heads, v.mlp, arch.gelu, arch.ln_eps, arch.attention)
-        self.checkpointing = checkpoint_flags(arch.checkpointing, v.depth)
         self.norm = nn.LayerNorm(v.width, eps=arch.ln_eps)
         self.head = nn.Linear(v.width, arch.embed_dim, bias=False)
         self.reset_buffers()
@@ -70,5 +69,7 @@ class VisionTower(nn.Module):
         if keep is not None:
             x = select_tokens(x, keep)
         cls = (self.class_token.to(x.dtype) + pos[0]).expand(x.shape[0], 1, -1)
-        x = run_blocks(self.blocks, self.checkpointing, torch.cat([cls, x], dim=1))
+        x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
         return self.head(self.norm(x[:, 1:].mean(dim=1)))

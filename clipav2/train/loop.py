@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import grad_accum_steps, save_config
+from clipav2.config import save_config
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger
 from clipav2.train.stages import build_stage_model, stage_weights
@@ -56,7 +56,7 @@ class Trainer:
         from clipav2.cost.guard import BudgetGuard
         from clipav2.cost.plan import stage_flops
         from clipav2.cost.prices import resolve
-        from clipav2.perf.measure import device_name
+        from clipav2.parallel.env import device_name
 
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
@@ -130,8 +130,6 @@ class Trainer:
         ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / stage.name)
         has_ckpt = bool(ckpt.complete())
         model = build_stage_model(cfg, index, self.run_dir)
-        if cfg.model.compile:
-            model.compile_blocks()
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -144,7 +142,7 @@ class Trainer:
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = grad_accum_steps(cfg, stage, world.world_size)
+        n_micro = runner.n_micro
         step = int(extra.get("step", 0))
         skipped_steps = int(extra.get("skipped_steps", 0))
         _say(world, f"[{stage.name}] {stage.image_size} px, text {stage.text_len} ({stage.text_reduction}), "
@@ -212,7 +210,7 @@ class Trainer:
     def _log(self, stage, step, window, loader, skipped_steps, ckpt):
         """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
         from clipav2.cost.projection import project
-        from clipav2.perf.peaks import mfu
+        from clipav2.cost.mfu import mfu
 
         world, stop = self.world, False
         stats = window.close(step)  # the one device sync of the interval
