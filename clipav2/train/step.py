@@ -9,7 +9,7 @@ batches need): a no-grad pass embeds every micro-batch first, then each micro-st
 own features with gradients and scores them against the cached features of all the others
 (open_clip's `accum_freq` scheme). Each micro-step's loss is the global loss, differentiated
 through its own rows only, so the gradients add up to the global-batch gradient with no scaling;
-the temperature, live in every micro-step, takes its gradient from the last one alone.
+the temperature, live in every micro-step, takes 1/n of its gradient from each.
 """
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def keep_seed(seed: int, stage_index: int, step: int, rank: int, micro: int) -> 
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
+def _one_nth_of_the_gradient(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` in value, 1/n of it in gradient. The temperature scores every micro-step's loss (each
+    is the global loss), so the n micro-steps would give it n times its gradient; keeping it live
+    in all of them (not only in one) is what ZeRO-3 needs: a parameter left without a gradient in
+    some micro-steps keeps a stale non-finite one after a skipped step."""
+    return x.detach() + (x - x.detach()) / n
+
+
 def _losses(strategy, inputs, loss_fn):
     """Forward and backward of every micro-step -> the last micro-step's loss (all are equal)."""
     n, world = len(inputs), strategy.world
@@ -45,7 +53,7 @@ def _losses(strategy, inputs, loss_fn):
             if n > 1:
                 img = torch.cat([c[0] for c in cached[:i]] + [img] + [c[0] for c in cached[i + 1 :]])
                 txt = torch.cat([c[1] for c in cached[:i]] + [txt] + [c[1] for c in cached[i + 1 :]])
-                scale = scale if last else scale.detach()
+                scale = _one_nth_of_the_gradient(scale, n)
             loss = loss_fn(img, txt, scale, world)
             strategy.backward(loss, last)
     return loss.detach().float(), scale.detach()
