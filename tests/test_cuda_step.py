@@ -80,7 +80,8 @@ def test_fused_adamw_skips_an_inf_step_on_the_device():
     too, or the bias correction would differ), decided on the device."""
     from clipav2.train.optim import build_optimizer, skip_step_on_device
 
-    stage = load_config(None, ["stages=[{name: s}]", "stages.s.weight_decay=0.2"]).stages[0]
+    stage = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=32",
+                               "stages.s.weight_decay=0.2"]).stages[0]
     finals = []
     for pattern in ([False, True, False], [False, False]):
         torch.manual_seed(0)
@@ -111,4 +112,4 @@ def test_demo_model_in_bf16_follows_fp32_over_20_steps():
     assert fp32[0] == pytest.approx(bf16[0], rel=1e-2)  # the same weights, rounding only
     assert fp32[-1] < 0.8 * fp32[0] and bf16[-1] < 0.8 * bf16[0], curves  # both learn
     # bf16 rounding moves the trajectory a little at every step; it must not drift away
-    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.1 * fp32[0], curves
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.05 * fp32[0], curves

@@ -13,7 +13,7 @@
 # WHEELS (default wheels), GPU_CHECK_SITE (install target, default /tmp/gpu_check_site), STEPS,
 # WARMUP, and the micro-batches H14_MB_84 (512), H14_MB_224 (128), BIGG_MB (256).
 set -uo pipefail  # no -e: a failed test or row is recorded and the check goes on
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-wheels}
 [ "${1:-}" = --fetch-wheels ] && exec "$PYTHON" tools/gpu_check_wheels.py fetch "$WHEELS"
@@ -57,9 +57,10 @@ say "tests exit ${PIPESTATUS[0]} (124: timed out); $(elapsed) s so far"
 # the rows, in one process; if it dies, the row it died in is recorded and the rest still run
 DEADLINE=$(( START + BUDGET ))
 ROWS_ARGS=(--out "$OUT" --deadline "$DEADLINE" --marker "$TMP/in_flight" --steps "$STEPS" --warmup "$WARMUP" "${SMOKE[@]}")
-for attempt in 1 2 3; do
+for _ in 1 2 3; do
   left=$(( DEADLINE - $(date +%s) ))
   [ "$left" -gt 0 ] || break
+  # shellcheck disable=SC2094  # both append to the log: the rows' lines and, quietly, their stderr
   timeout -k 10 "$left" "$PYTHON" tools/gpu_check_rows.py "${ROWS_ARGS[@]}" 2>>"$LOG" | tee -a "$LOG"
   code=${PIPESTATUS[0]}
   [ "$code" = 0 ] && break
