@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from clipav2.train.decay import RULES as DECAY_RULES
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message is one line naming the key."""
@@ -136,6 +138,7 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.2
+    weight_decay_rule: str = "kernels"  # kernels | kernels_and_tokens | matrices (clipav2.train.decay)
     grad_clip: typing.Optional[float] = None  # CLIPA uses none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_transform: str = "center_crop"  # pre-training: center_crop; fine-tune: resize
@@ -390,6 +393,7 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
         raise ConfigError(f"{key}.eps: {s.eps} must be > 0")
     if s.weight_decay < 0:
         raise ConfigError(f"{key}.weight_decay: {s.weight_decay} must be >= 0")
+    _check_choice(f"{key}.weight_decay_rule", s.weight_decay_rule, DECAY_RULES)
     if s.grad_clip is not None and s.grad_clip <= 0:
         raise ConfigError(f"{key}.grad_clip: {s.grad_clip} must be > 0 (or null for none)")
     a = s.augment

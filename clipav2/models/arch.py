@@ -43,6 +43,7 @@ class ClipArch:
     ln_eps: float = 1e-6  # 1e-6 (JAX) | 1e-5 (open_clip)
     attention: str = "sdpa"  # "sdpa" | "flash_attn" | "xformers"
     checkpointing: str = "none"  # "none" | "all" | "every_<k>" (every k-th block)
+    init: str = "clipa_jax"  # random-init rule, see clipav2.models.init: "clipa_jax" | "clipa_jax_t5x"
 
 
 def _clipa(name, embed, img, patch, vw, vd, vm, vh, tw, td, tm, th, ctx=32) -> ClipArch:
@@ -66,6 +67,8 @@ _BASE = [
 ARCHITECTURES: dict[str, ClipArch] = {}
 for row in _BASE:
     arch = _clipa(*row)
+    if arch.name == "ViT-bigG-14-CLIPA":  # trained with main_t5x.py on clipa_jax/models_t5x/
+        arch = replace(arch, init="clipa_jax_t5x")
     ARCHITECTURES[arch.name] = arch
     big = replace(arch, name=arch.name + "-336", vision=replace(arch.vision, image_size=336))
     ARCHITECTURES[big.name] = big

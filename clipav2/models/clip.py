@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipav2.models.arch import ClipArch, get_arch
+from clipav2.models.init import init_weights
 from clipav2.models.text import TextTower
 from clipav2.models.transformer import checkpoint_flags
 from clipav2.models.vision import VisionTower
@@ -27,29 +28,10 @@ class CLIP(nn.Module):
         if not self.text.token_embed.weight.is_meta:
             self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
-        """CLIPA / big_vision initialisation: xavier-uniform block matrices with zero biases,
-        lecun-normal patch convolution, zero class token, N(0, width^-0.5) heads and learned image
-        table, N(0, 0.02) token and N(0, 0.01) text position embeddings."""
-        for tower in (self.visual, self.text):
-            for block in tower.blocks:
-                for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
-                    nn.init.xavier_uniform_(lin.weight)
-                    nn.init.zeros_(lin.bias)
-                for norm in (block.norm1, block.norm2):
-                    norm.reset_parameters()
-            tower.norm.reset_parameters()
-            nn.init.normal_(tower.head.weight, std=tower.head.in_features**-0.5)
-        w = self.visual.patch_embed.weight
-        nn.init.normal_(w, std=(w[0].numel()) ** -0.5)
-        nn.init.zeros_(self.visual.class_token)
-        if isinstance(self.visual.pos_embed, nn.Parameter):
-            nn.init.normal_(self.visual.pos_embed, std=self.visual.pos_embed.shape[1] ** -0.5)
-        self.visual.reset_buffers()
-        nn.init.normal_(self.text.token_embed.weight, std=0.02)
-        nn.init.normal_(self.text.pos_embed, std=0.01)
-        self.logit_scale.fill_(math.log(1 / 0.07))
+        """Random initialisation by the rule of the architecture's upstream code base
+        (`arch.init`, see clipav2.models.init)."""
+        init_weights(self)
 
     def encode_image(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised float NCHW images; `keep` (B, K) LongTensor of kept patch indices
