@@ -35,7 +35,7 @@ EVAL_TRANSFORMS = ("center_crop", "resize")
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    pos_embed: str = "sincos"  # sincos | learned
+    pos_embed: str = "sincos"  # sincos | learned | sincos_open_clip (CLIPA v1 pre-training)
     gelu: str = "tanh"  # tanh | exact
     ln_eps: float = 1e-6
     attention: str = "sdpa"
@@ -286,12 +286,12 @@ def _check_choice(key: str, value, allowed) -> None:
 
 def validate(cfg: Config, world_size: int | None = None) -> Config:
     """Semantic checks that need no model. `world_size` (when known) checks batch divisibility."""
-    from clipav2.models.arch import ARCHITECTURES
+    from clipav2.models.arch import ARCHITECTURES, POS_EMBEDS
 
     m = cfg.model
     if m.name not in ARCHITECTURES:
         raise ConfigError(f"model.name: unknown architecture {m.name!r}; known: {', '.join(ARCHITECTURES)}")
-    _check_choice("model.pos_embed", m.pos_embed, ("sincos", "learned"))
+    _check_choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
     _check_choice("model.gelu", m.gelu, ("tanh", "exact"))
     _check_choice("model.attention", m.attention, ATTENTION)
     if not (m.checkpointing in ("none", "all") or _every_k(m.checkpointing)):
