@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_context")
-TOKENIZER_MODES = ("clipa", "open_clip")
+TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
@@ -128,7 +128,7 @@ class StageConfig:
     grid_window: int = 2  # grid: keep one patch per k x k window
     text_len: int = 32
     text_reduction: str = "truncate"
-    tokenizer_mode: str = "clipa"  # clipa ([CLS] + L-1 pieces) | open_clip ([CLS] + L-2 pieces)
+    tokenizer_mode: str = "clipa"  # clipa ([CLS] + L-1 pieces) | open_clip ([CLS] + L-2 pieces) | clip_bpe (CLIPA v1)
     samples: int = 0
     global_batch: int = 256
     micro_batch: typing.Optional[int] = None  # overrides parallel.micro_batch for this stage
@@ -374,6 +374,8 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
         raise ConfigError(f"{key}.text_len: {s.text_len} must be >= 2 ([CLS] plus one piece)")
     _check_choice(f"{key}.text_reduction", s.text_reduction, TEXT_REDUCTIONS)
     _check_choice(f"{key}.tokenizer_mode", s.tokenizer_mode, TOKENIZER_MODES)
+    if s.tokenizer_mode == "clip_bpe" and s.text_reduction not in ("truncate", "syntax"):
+        raise ConfigError(f"{key}.text_reduction: {s.text_reduction!r} is not available with tokenizer_mode clip_bpe (truncate, syntax)")
     _check_choice(f"{key}.eval_transform", s.eval_transform, EVAL_TRANSFORMS)
     if s.samples <= 0:
         raise ConfigError(f"{key}.samples: {s.samples} must be > 0")
