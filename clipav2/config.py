@@ -440,19 +440,17 @@ def grad_accum_steps(cfg: Config, stage: StageConfig, world_size: int) -> int:
 
 def load_config(path=None, overrides=(), world_size: int | None = None, check_data: bool = False) -> Config:
     """Read a YAML recipe (or start from defaults), apply overrides, build and validate."""
+    from clipav2.inherit import apply_stage_defaults, read_recipe
+
     raw = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config: no such file {str(path)!r}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+        raw = read_recipe(path, _read_yaml)
     for item in overrides:
         apply_override(raw, item)
+    apply_stage_defaults(raw)
     if "stages" in raw and not isinstance(raw["stages"], list):
         raise ConfigError("stages: expected a list of stages")
     cfg = _build(Config, raw, "")
@@ -460,6 +458,16 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
     if check_data:
         check_data_paths(cfg)
     return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    return raw
 
 
 def check_data_paths(cfg: Config) -> None:
@@ -498,11 +506,16 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML: what RUN_DIR/config.yaml holds and `clipav2 plan --resolved` prints."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, run_dir=None) -> Path:
     """Write the resolved config to RUN_DIR/config.yaml (atomically)."""
     out = Path(run_dir or cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.write_text(to_yaml(cfg))
     os.replace(tmp, out / "config.yaml")
     return out / "config.yaml"
