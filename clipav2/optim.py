@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from clipav2 import compat
 from clipav2.train.decay import decays
 
 
@@ -129,7 +130,7 @@ def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor)
     AdamWLowPrecisionMomentum decide on the device (`found_inf`); any other optimizer needs the
     host to read `skipped` (one sync per step: prefer `parallel.fused_optimizer`)."""
     if isinstance(optimizer, AdamWLowPrecisionMomentum) or optimizer.defaults.get("fused"):
-        optimizer.found_inf = skipped.float()
+        compat.set_found_inf(optimizer, skipped)
         optimizer.step()
     elif not bool(skipped):
         optimizer.step()

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from clipav2 import compat
 from clipav2.parallel.base import Strategy
 from clipav2.optim import build_optimizer
 
@@ -86,8 +87,7 @@ class DeepSpeedStrategy(Strategy):
         config = deepspeed_config(self.cfg, self.stage, self.world.world_size, self.n_micro, self.precision)
         self.ds_config = config
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
-        if type(engine.checkpoint_engine).__name__ == "TorchCheckpointEngine":
-            engine.checkpoint_engine.__class__ = _safe_checkpoint_engine(type(engine.checkpoint_engine))
+        compat.swap_checkpoint_engine(engine, _safe_checkpoint_engine)
         self.model, self.module, self.optimizer = engine, engine.module, optimizer
 
     def backward(self, loss, last):
