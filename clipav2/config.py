@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_context")
+TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
