@@ -28,6 +28,7 @@ TOKENIZER_MODES = ("clipa", "open_clip")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
+EVAL_PROTOCOLS = ("clipa", "open_clip")
 
 
 @dataclass
@@ -91,6 +92,7 @@ class LogConfig:
 class EvalConfig:
     at_stage_end: bool = True  # zero-shot eval after each stage -> RUN_DIR/eval.jsonl
     batch_size: int = 256
+    protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
 
 @dataclass
@@ -322,6 +324,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
     _positive("log.every_steps", cfg.log.every_steps)
     _positive("eval.batch_size", cfg.eval.batch_size)
+    _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
     if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:
