@@ -178,3 +178,12 @@ def test_reduction_settings_are_config_errors(tmp_path, override, key):
     )
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(recipe, [override])
+
+
+@pytest.mark.parametrize("reduction", ["syntax", "syntax_pieces", "syntax_context"])
+def test_every_syntax_variant_is_a_valid_stage_setting(tmp_path, reduction):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: tiny}\nstages:\n  - {name: s, image_size: 32, samples: 100, global_batch: 10}\n")
+    assert load_config(recipe, [f"stages.s.text_reduction={reduction}"]).stages[0].text_reduction == reduction
+    with pytest.raises(ConfigError, match=r"eval\.protocol"):
+        load_config(recipe, ["eval.protocol=big_vision"])
