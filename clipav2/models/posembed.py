@@ -22,6 +22,25 @@ def sincos_2d(grid: int, width: int, device=None) -> torch.Tensor:
     return torch.cat([table.new_zeros(1, width), table]).float()
 
 
+def sincos_2d_open_clip(grid: int, width: int, device=None) -> torch.Tensor:
+    """(1 + grid*grid, width) table of open_clip / MAE `get_2d_sincos_pos_embed` (CLIPA v1's
+    `--pos-embed sin_cos_2d`): a zero class row, then per patch [sin, cos] of the column and
+    [sin, cos] of the row, frequencies 10000^(-k / (D/4)) (divided by D/4, not D/4 - 1)."""
+    if width % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {width}")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    row, col = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64, device=device),
+        torch.arange(grid, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    col = col.flatten()[:, None] * omega
+    row = row.flatten()[:, None] * omega
+    table = torch.cat([col.sin(), col.cos(), row.sin(), row.cos()], dim=1)
+    return torch.cat([table.new_zeros(1, width), table]).float()
+
+
 def resample_grid(table: torch.Tensor, grid: int) -> torch.Tensor:
     """Resize a learned (1 + g*g, D) image table to (1 + grid*grid, D): the class row is kept, the
     patch rows are resampled bicubically (open_clip's `resize_pos_embed`: antialiased,
