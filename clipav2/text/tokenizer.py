@@ -108,13 +108,15 @@ class Tokenizer:
             text = text.encode("utf-8", "replace").decode("utf-8")
             return full.encode(text, add_special_tokens=False), text
 
-    def words(self, caption) -> tuple[list[int], list[int]]:
+    def words(self, caption, only_over: int = -1) -> tuple[list[int], list[int] | None]:
         """(piece ids, the index of the word each piece belongs to): words as the basic tokenizer
-        splits them (whitespace, each punctuation mark, each CJK ideograph)."""
+        splits them (whitespace, each punctuation mark, each CJK ideograph). The word indices are
+        None when there are at most `only_over` pieces (so at most that many words): they cost."""
         encoding, text = self.encoding(caption)
         if self._may_have_long_words(text):
             return self._unknown_long_words(encoding.ids, encoding.word_ids, encoding.offsets, text)
-        return encoding.ids, encoding.word_ids
+        ids = encoding.ids
+        return ids, None if len(ids) <= only_over else encoding.word_ids
 
     def _may_have_long_words(self, text: str) -> bool:
         return self.mode == "clipa" and not text.isascii() and len(text.encode("utf-8", "replace")) > MAX_WORD_BYTES

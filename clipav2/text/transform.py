@@ -51,8 +51,8 @@ class TextTransform:
     def kept(self, caption, sample_key: str) -> list[int]:
         """The kept word-piece ids, in order (no [CLS], no padding)."""
         if self.reduction == "syntax":
-            ids, words = self.tokenizer.words(caption)
-            if not ids or words[-1] < self.keep:  # at most L-1 words: truncation, as upstream
+            ids, words = self.tokenizer.words(caption, only_over=self.keep)
+            if words is None or not ids or words[-1] < self.keep:  # at most L-1 words: truncation, as upstream
                 return ids[: self.keep]
             return self._select(ids, self.keep, priorities=[self.table[i] for i in ids], words=words)
         if self.reduction == "syntax_context":
