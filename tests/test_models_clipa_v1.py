@@ -101,7 +101,7 @@ def test_pretraining_sincos_is_open_clips_table():
         torch.testing.assert_close(sincos_2d_open_clip(grid, width), ref, atol=1e-6, rtol=0)
 
 
-def test_logit_scale_is_clamped_at_100_in_training():
+def test_logit_scale_is_clamped_at_100():
     from clipav2 import create_model
 
     model = create_model("ViT-B-16-CL16", image_size=32)
