@@ -17,7 +17,8 @@ class CLIP(nn.Module):
     """`forward(images, ids, keep=None) -> (image_emb, text_emb, logit_scale.exp())`, both
     embeddings L2-normalised. `logit_scale` is a 0-d parameter in log space, initialised to
     log(1/0.07). JAX (CLIPA-v2) does not clamp it; architectures with `logit_scale_max` (CLIPA v1,
-    open_clip's train loop: 100) clamp it to [0, log max] in place before each use. Its exp is computed in fp32."""
+    open_clip's train loop: 100) clamp it to [0, log max] in place before each use. Its exp is
+    computed in fp32."""
 
     def __init__(self, arch: ClipArch):
         super().__init__()

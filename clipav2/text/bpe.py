@@ -81,7 +81,8 @@ class BpeTextTransform:
     def __init__(self, text_len: int, reduction: str = "truncate"):
         if reduction not in REDUCTIONS:
             raise ValueError(
-                f"text_reduction {reduction!r} is not available with the CLIP BPE tokenizer; choose one of {', '.join(REDUCTIONS)}"
+                f"text_reduction {reduction!r} is not available with the CLIP BPE tokenizer; "
+                f"choose one of {', '.join(REDUCTIONS)}"
             )
         if text_len < 2:
             raise ValueError(f"text_len {text_len} leaves no room for <start_of_text> and <end_of_text>")
