@@ -68,6 +68,8 @@ for _ in 1 2 3; do
   "$PYTHON" tools/gpu_check_rows.py "${ROWS_ARGS[@]}" --interrupted "$why" | tee -a "$LOG"
   [ "$why" = "stopped at the time budget" ] && break
 done
+# rows never reached (budget spent, or a third death) are listed as skipped
+"$PYTHON" tools/gpu_check_rows.py "${ROWS_ARGS[@]}" --deadline "$(date +%s)" | tee -a "$LOG"
 
 say "== table ($(elapsed) s)"
 cat "$OUT/env.md" "$OUT/table.md" | tee -a "$LOG"
