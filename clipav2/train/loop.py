@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import grad_accum_steps, save_config
+from clipav2.config import grad_accum_steps
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger
 from clipav2.train.stages import build_stage_model, stage_weights
@@ -122,7 +122,7 @@ class Trainer:
         from clipav2.models.arch import get_arch
         from clipav2.parallel import build_strategy
         from clipav2.text import make_text_transform
-        from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+        from clipav2.train.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
         from clipav2.train.faults import FaultMonitor
         from clipav2.train.step import StepRunner
 
@@ -130,6 +130,8 @@ class Trainer:
         ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / stage.name)
         has_ckpt = bool(ckpt.complete())
         model = build_stage_model(cfg, index, self.run_dir)
+        ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
+        ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
         if cfg.model.compile:
             model.compile_blocks()
         strategy = build_strategy(cfg, world)
@@ -304,10 +306,12 @@ class _Window:
         return out
 
 
-def train(cfg, only_stage=None) -> int:
+def train(cfg, only_stage=None, fresh: bool = False) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
     from clipav2.train.faults import install_signal_handlers
+    from clipav2.train import rundir
+    from clipav2.train.checkpoint import IncompatibleCheckpoint
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -317,15 +321,20 @@ def train(cfg, only_stage=None) -> int:
     try:
         try:
             lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
-        except RunDirBusy as e:
+            if fresh:
+                rundir.start_fresh(cfg, world)
+            if cfg.data.demo:
+                prepare_demo_data(cfg, world)
+            rundir.prepare(cfg, world)  # stale .tmp removed, recipe unchanged, config.yaml written
+        except (RunDirBusy, rundir.RecipeChanged) as e:
             if world.is_main:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
-        if cfg.data.demo:
-            prepare_demo_data(cfg, world)
-        if world.is_main:
-            save_config(cfg)
         return Trainer(cfg, world).run(only_stage)
+    except IncompatibleCheckpoint as e:
+        if world.is_main:
+            print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
