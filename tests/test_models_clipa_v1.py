@@ -109,3 +109,34 @@ def test_logit_scale_is_clamped_at_100_in_training():
         model.logit_scale.fill_(math.log(500.0))
     _, _, scale = model(torch.randn(1, 3, 32, 32), torch.randint(0, 49408, (1, 16)))
     assert scale.item() == pytest.approx(100.0) and model.logit_scale.item() == pytest.approx(math.log(100))
+
+
+def test_finetune_stage_learns_the_pretraining_sincos_table_resampled(tmp_path):
+    """clipa_torch fine-tunes with --pos-embed learnable from the sin-cos checkpoint: the table is
+    loaded and resized by open_clip's resize_pos_embed (bicubic, antialias, align_corners False)."""
+    from clipav2.config import load_config
+    from clipav2.models.convert import load_model, save_model
+    from clipav2.train.stages import build_stage_model, stage_weights
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""\
+model: {{name: tiny, pos_embed: sincos_open_clip}}
+run_dir: {tmp_path}
+stages:
+  - {{name: pretrain, image_size: 32, text_len: 16, samples: 256, global_batch: 128}}
+  - {{name: finetune, image_size: 64, text_len: 16, samples: 256, global_batch: 128, pos_embed: learned}}
+""")
+    cfg = load_config(recipe)
+    before = build_stage_model(cfg, 0, tmp_path)
+    assert not isinstance(before.visual.pos_embed, torch.nn.Parameter)
+    torch.testing.assert_close(before.visual.pos_embed, sincos_2d_open_clip(4, 32))
+    save_model(before, stage_weights(tmp_path, "pretrain"))
+    after = build_stage_model(cfg, 1, tmp_path)
+    table = sincos_2d_open_clip(4, 32)
+    grid = F.interpolate(table[1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2), size=(8, 8), mode="bicubic",
+                         antialias=True, align_corners=False).permute(0, 2, 3, 1).reshape(64, 32)
+    assert isinstance(after.visual.pos_embed, torch.nn.Parameter) and after.arch.vision.pos_embed == "learned"
+    torch.testing.assert_close(after.visual.pos_embed.detach(), torch.cat([table[:1], grid]))
+    save_model(after, tmp_path / "ft.safetensors")
+    again = load_model(tmp_path / "ft.safetensors")
+    torch.testing.assert_close(again.visual.pos_embed, after.visual.pos_embed)

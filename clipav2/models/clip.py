@@ -54,6 +54,11 @@ class CLIP(nn.Module):
         self.visual.set_image_size(px)
         self.arch = dataclasses.replace(self.arch, vision=dataclasses.replace(self.arch.vision, image_size=px))
 
+    def make_pos_embed_learnable(self) -> None:
+        """A fixed sin-cos image table becomes a learned one with the same values."""
+        self.visual.make_pos_embed_learnable()
+        self.arch = dataclasses.replace(self.arch, vision=dataclasses.replace(self.arch.vision, pos_embed="learned"))
+
     def set_text_len(self, length: int) -> None:
         self.text.set_text_len(length)
         self.arch = dataclasses.replace(self.arch, text=dataclasses.replace(self.arch.text, context_length=length))
