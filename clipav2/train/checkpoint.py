@@ -12,6 +12,7 @@ load tensors with weights_only / allow-listed readers.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -52,6 +53,25 @@ def fingerprint_differences(saved: dict, ours: dict) -> list[str]:
     if shapes:
         out.append(f"{len(shapes)} tensor shape(s) differ, e.g. {shapes[0]}")
     return out
+
+
+class NoSpace(OSError):
+    """The disk filled up during a save; the message is one line."""
+
+
+def _no_space(e: BaseException):
+    """The path (or "" if unknown) of an ENOSPC somewhere in `e` (DCP wraps a rank's errors), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e.filename or ""
+        for failure in (getattr(e, "failures", None) or {}).values():
+            inner = _no_space(failure[0] if isinstance(failure, tuple) else failure)
+            if inner is not None:
+                return inner
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class CheckpointWarning(UserWarning):
@@ -212,6 +232,22 @@ class CheckpointManager:
                                              "resume with the recipe it was made with, or pass --fresh")
 
     def save(self, strategy, step: int, extra: dict) -> Path:
+        """Write a checkpoint of `step`. A full disk raises NoSpace (one line naming the path and
+        the checkpoint kept) after removing the half-written directory."""
+        tmp = (self.root / f"{PREFIX}{step:08d}").with_suffix(".tmp")
+        try:
+            return self._save(strategy, step, extra)
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            where = _no_space(e)
+            if where is None:
+                raise
+            if self._main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = self.complete()
+            raise NoSpace(f"no space left on device writing {where or tmp}; previous checkpoint "
+                          f"{kept[0] if kept else '(none)'} kept") from None
+
+    def _save(self, strategy, step: int, extra: dict) -> Path:
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = final.with_suffix(".tmp")
         if self._main:

@@ -123,7 +123,7 @@ class Trainer:
         from clipav2.parallel import build_strategy
         from clipav2.text import make_text_transform
         from clipav2.train.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
-        from clipav2.train.faults import FaultMonitor
+        from clipav2.train.faults import FaultMonitor, nonfinite_weights
         from clipav2.train.step import StepRunner
 
         cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
@@ -198,6 +198,11 @@ class Trainer:
         self.metrics.close_bar()
         t = time.perf_counter()
         full = strategy.full_state_dict()
+        bad = nonfinite_weights(full) if world.is_main else None
+        if any_rank(world, bad is not None):
+            _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
+                        f"not written, exit {exitcodes.DIVERGED}")
+            return exitcodes.DIVERGED
         del strategy, runner
         loader.close()
         gc.collect()
@@ -311,7 +316,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
     from clipav2.parallel import init_distributed
     from clipav2.train.faults import install_signal_handlers
     from clipav2.train import rundir
-    from clipav2.train.checkpoint import IncompatibleCheckpoint
+    from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -331,10 +336,10 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
         return Trainer(cfg, world).run(only_stage)
-    except IncompatibleCheckpoint as e:
+    except (IncompatibleCheckpoint, NoSpace) as e:
         if world.is_main:
             print(f"clipav2 train: {e}", file=sys.stderr)
-        return exitcodes.CONFIG
+        return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
