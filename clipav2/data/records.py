@@ -26,6 +26,8 @@ REASONS = (
     "bad_caption_encoding",  # not UTF-8
     "truncated_tar",  # a shard that ends mid-record (counted once per shard)
     "unreadable_shard",  # a shard that cannot be opened
+    "duplicate_key",  # a record whose key repeats the one just before it (dropped, not merged)
+    "unsafe_key",  # a key that would make a member name absolute or climb out with '..' (shard writer)
 )
 
 
