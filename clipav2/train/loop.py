@@ -22,6 +22,7 @@ from clipav2 import exitcodes
 from clipav2.config import grad_accum_steps
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger
+from clipav2.train.skipcount import describe_skipped, summed_over_ranks
 from clipav2.train.stages import build_stage_model, stage_weights
 
 
@@ -142,6 +143,9 @@ class Trainer:
         if extra.get("rng"):
             set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
+        spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
+        if any_rank(world, spent):  # checked before the first step of a resubmitted run
+            return exitcodes.BUDGET
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
@@ -155,10 +159,11 @@ class Trainer:
                     + (f"; resuming at step {step}" if step else ""))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
 
-        def save(at_step: int) -> None:
+        def save(at_step: int, budget_stop: float | None = None) -> None:
             t = time.perf_counter()
             state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state()}
+                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
+                     "budget_stop": budget_stop}
             if self.ledger is not None:
                 self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
                 state["ledger"] = self.ledger.state_dict()
@@ -188,7 +193,7 @@ class Trainer:
                 stop = self._log(stage, step, window, loader, skipped_steps, ckpt)
             code = monitor.after_step(step, result, report)
             if code is not None or stop is not None:
-                save(step)
+                save(step, budget_stop=self.guard.limit_usd if stop is not None and self.guard else None)
                 self.metrics.close_bar()
                 msg = monitor.message if code is not None else self.guard_message()
                 _say(world, msg)
@@ -196,6 +201,7 @@ class Trainer:
             if step < stage.steps and ckpt.due(step):
                 save(step)
         self.metrics.close_bar()
+        _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, loader.skipped))}")
         t = time.perf_counter()
         full = strategy.full_state_dict()
         bad = nonfinite_weights(full) if world.is_main else None
@@ -223,6 +229,7 @@ class Trainer:
 
         world, stop = self.world, False
         stats = window.close(step)  # the one device sync of the interval
+        skipped = summed_over_ranks(world, loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
             self.ledger.set_progress(stage.name, step, step * stage.global_batch)
@@ -236,7 +243,7 @@ class Trainer:
                 "mfu": mfu(self.flops[stage.name], per_gpu, peak) or 0.0,
                 "data_wait_frac": stats["data_wait"] / max(stats["seconds"], 1e-9),
                 "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
-                "skipped_samples": int(sum(loader.skipped.values())), "skipped_steps": skipped_steps,
+                "skipped_samples": int(sum(skipped.values())), "skipped_by_reason": skipped, "skipped_steps": skipped_steps,
                 "grad_norm": stats["grad_norm"],
                 "projected_cost_usd": projection["projected_total_usd"] if projection else None,
                 "time": time.time(),
