@@ -101,3 +101,25 @@ AGAINST_H14 = {
 def test_recipes_differ_from_h14_only_where_they_say(name):
     h14 = to_dict(load_config(CONFIGS / "h14.yaml"))
     assert _differences(h14, to_dict(load_config(CONFIGS / name))) == AGAINST_H14[name]
+
+
+def _leaves(d: dict, prefix=""):
+    for k, v in d.items():
+        yield from _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if "base" in yaml.safe_load(p.read_text())))
+def test_an_inheriting_recipe_states_only_what_differs(path):
+    raw = yaml.safe_load(path.read_text())
+    base = to_dict(load_config(path.parent / raw.pop("base")))
+    base_stages = {s["name"]: s for s in base.pop("stages")}
+    top = {k: v for k, v in raw.items() if k not in ("stages", "stage_defaults")}
+    base_flat = dict(_leaves(base))
+    restated = [k for k, v in _leaves(top) if base_flat[k] == v]
+    for key, value in _leaves(raw.get("stage_defaults", {})):
+        if all(dict(_leaves(s))[key] == value for s in base_stages.values()):
+            restated.append(f"stage_defaults.{key}")
+    for stage in raw.get("stages", []):
+        given = dict(_leaves(base_stages.get(stage["name"], {})))
+        restated += [f"stages.{stage['name']}.{k}" for k, v in _leaves(stage) if k != "name" and given.get(k, object()) == v]
+    assert not restated, f"{path.name} restates its base's values"

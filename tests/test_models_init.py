@@ -23,10 +23,13 @@ def _small(init: str, pos_embed: str = "learned") -> CLIP:
 
 
 def _normal(t, std, name):
+    """Mean and std within ~4 standard errors; a normal's tails where there are enough values."""
     t = t.detach().flatten().double()
-    assert abs(t.mean().item()) < 0.1 * std, name
-    assert t.std().item() == pytest.approx(std, rel=0.08), name
-    assert t.abs().max().item() > 3 * std, f"{name}: tails too short for a normal"
+    n = t.numel()
+    assert abs(t.mean().item()) < 4 * std / math.sqrt(n), name
+    assert t.std().item() == pytest.approx(std, rel=max(0.08, 4 / math.sqrt(2 * n))), name
+    if n >= 1000:
+        assert t.abs().max().item() > 3 * std, f"{name}: tails too short for a normal"
 
 
 def _uniform(t, bound, name):
@@ -115,3 +118,63 @@ def test_each_architecture_names_its_upstream_family():
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown init family 'jax'"):
         _small("jax")
+
+
+def test_open_clip_family_is_clipa_torchs_init():
+    """clipa_torch (open_clip) for CLIPA v1: the image tower keeps PyTorch's module defaults
+    (VisionTransformer.init_parameters is empty), the text tower TextTransformer.init_parameters
+    with its real depth; class token, positions and image projection scale * randn."""
+    torch.manual_seed(0)
+    arch = ClipArch(
+        name="small_v1", embed_dim=EMBED, init="open_clip", gelu="exact", ln_eps=1e-5,
+        vision=VisionArch(image_size=32, patch_size=8, width=D, depth=2, mlp=MLP, heads=4, pos_embed="learned", pool="tok", ln_pre=True),
+        text=TextArch(context_length=16, width=TEXT_D, depth=3, mlp=4 * TEXT_D, heads=4, vocab_size=1000, pool="argmax", causal=True),
+    )
+    model = CLIP(arch)
+    params = dict(model.named_parameters())
+    checked = set()
+
+    def u(name, fan_in):  # nn.Linear / nn.Conv2d reset_parameters: U(+-fan_in^-1/2)
+        t, bound = params[name].detach(), fan_in**-0.5
+        if t.numel() > 1000:
+            _uniform(t, bound, name)
+        else:  # a bias: too few values for the std, the bound still tells
+            assert 0.8 * bound < t.abs().max().item() <= bound, name
+        checked.add(name)
+
+    def n(name, std):
+        _normal(params[name], std, name)
+        checked.add(name)
+
+    for i in range(2):
+        b = f"visual.blocks.{i}."
+        _uniform(params[b + "attn.qkv.weight"], _xavier(D, 3 * D), b + "qkv")  # fused in_proj_weight
+        checked.add(b + "attn.qkv.weight")
+        u(b + "attn.proj.weight", D)
+        u(b + "mlp.fc1.weight", D)
+        u(b + "mlp.fc1.bias", D)
+        u(b + "mlp.fc2.weight", MLP)
+        u(b + "mlp.fc2.bias", MLP)
+    proj = TEXT_D**-0.5 * (2 * 3) ** -0.5  # the text tower's own depth, 3
+    for i in range(3):
+        b = f"text.blocks.{i}."
+        n(b + "attn.qkv.weight", TEXT_D**-0.5)
+        n(b + "attn.proj.weight", proj)
+        n(b + "mlp.fc1.weight", (2 * TEXT_D) ** -0.5)
+        n(b + "mlp.fc2.weight", proj)
+        u(b + "mlp.fc1.bias", TEXT_D)
+        u(b + "mlp.fc2.bias", 4 * TEXT_D)
+    for name, p in params.items():  # MultiheadAttention zeroes its biases; LayerNorm 1 and 0
+        if name.endswith(("attn.qkv.bias", "attn.proj.bias")) or ".norm" in name:
+            assert torch.all(p == (1.0 if ".norm" in name and name.endswith(".weight") else 0.0)), name
+            checked.add(name)
+    u("visual.patch_embed.weight", 3 * 8 * 8)
+    n("visual.class_token", D**-0.5)
+    n("visual.pos_embed", D**-0.5)
+    n("visual.head.weight", D**-0.5)
+    n("text.token_embed.weight", 0.02)
+    n("text.pos_embed", 0.01)
+    n("text.head.weight", TEXT_D**-0.5)
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    checked.add("logit_scale")
+    assert checked == set(params), f"unchecked: {sorted(set(params) - checked)}"
