@@ -8,6 +8,7 @@ Every error is a `ConfigError` whose message names the key and the allowed value
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -216,6 +217,8 @@ def _coerce(value, tp, key: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check below, inf breaks the schedule
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -250,6 +253,20 @@ def _build(cls, data, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _parse_scalar(text: str):
@@ -465,7 +482,7 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
