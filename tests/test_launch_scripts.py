@@ -89,6 +89,12 @@ def test_dry_run_prints_a_deepspeed_command_for_the_recipe(fakes, script, model)
     assert not fakes.log.exists()  # nothing was started
 
 
+def test_launchers_grow_cuda_memory_segments_unless_the_user_says_otherwise(fakes):
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in run("launch/h14.sh", fakes(DRY_RUN="1")).stdout
+    mine = run("launch/h14.sh", fakes(DRY_RUN="1", PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:512")).stdout
+    assert "export PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512" in mine
+
+
 def test_fsdp_goes_through_torchrun_and_the_recipe_keeps_its_zero_stage(fakes):
     r = run("launch/h14.sh", fakes(DRY_RUN="1", STRATEGY="fsdp", NUM_GPUS="4"))
     assert r.returncode == 0, r.stderr
