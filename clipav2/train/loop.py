@@ -11,6 +11,7 @@ The loop never branches on the engine: everything goes through the Strategy.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -82,6 +83,10 @@ class Trainer:
     def _charge(self, stage: str, kind: str, seconds: float) -> None:
         if self.ledger is not None:
             self.ledger.add(stage, kind, seconds)
+
+    def _timed(self, stage: str, kind: str):
+        """Charge the block's wall time to the ledger (main rank), even when the block raises."""
+        return self.ledger.track(kind, stage) if self.ledger is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
@@ -157,20 +162,19 @@ class Trainer:
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
 
         def save(at_step: int, budget_stop: float | None = None) -> None:
-            t = time.perf_counter()
-            state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
-                     "budget_stop": budget_stop}
-            if self.ledger is not None:
-                self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
-                state["ledger"] = self.ledger.state_dict()
-            ckpt.save(strategy, at_step, state)
-            self._charge(stage.name, "checkpoint", time.perf_counter() - t)
+            with self._timed(stage.name, "checkpoint"):
+                state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
+                         "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
+                         "budget_stop": budget_stop}
+                if self.ledger is not None:
+                    self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
+                    state["ledger"] = self.ledger.state_dict()
+                ckpt.save(strategy, at_step, state)
 
         audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
         self.metrics.start_stage(stage.name, stage.steps, step)
         batches = iter(loader)
-        window = _Window(step)
+        window = _Window()
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
@@ -290,7 +294,7 @@ class _KeyAudit:
 class _Window:
     """Accumulates one log interval on the device (no syncs until `close`)."""
 
-    def __init__(self, step: int):
+    def __init__(self):
         self.reset()
 
     def reset(self):
