@@ -50,20 +50,33 @@ def _image_of(record: dict):
     return None
 
 
-class _ShardRecords(IterableDataset):
-    """(uint8 image, target) per good record of the shards, split across loader workers."""
+def _part(part) -> tuple[int, int]:
+    """(index, count) of this loader worker among all workers of all ranks sharing the set."""
+    rank, world = part
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    return rank * nw + wid, world * nw
 
-    def __init__(self, urls, transform, target):
-        self.urls, self.transform, self.target = list(urls), transform, target
+
+class _ShardRecords(IterableDataset):
+    """(uint8 image, target) per good record of the shards, split across ranks (`part`: rank,
+    world) and loader workers: by shard when there are enough shards, else record by record."""
+
+    def __init__(self, urls, transform, target, part=(0, 1)):
+        self.urls, self.transform, self.target, self.part = list(urls), transform, target, part
 
     def __iter__(self):
         from clipav2.data.shards import iter_records
 
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        index, count = _part(self.part)
+        by_shard = len(self.urls) >= count
         events = []
-        for url in self.urls[wid::nw]:
+        n = -1
+        for url in self.urls[index::count] if by_shard else self.urls:
             for _key, record in iter_records(url, events):
+                n += 1
+                if not by_shard and n % count != index:
+                    continue
                 data, target = _image_of(record), self.target(record)
                 if data is None or target is None:
                     continue
@@ -76,19 +89,18 @@ class _ShardRecords(IterableDataset):
 class _Folder(IterableDataset):
     """ImageFolder layout (one sub-directory per class, sorted), read as bytes for EvalTransform."""
 
-    def __init__(self, root, transform):
+    def __init__(self, root, transform, part=(0, 1)):
         from torchvision.datasets.folder import make_dataset
 
         classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
         if not classes:
             raise ValueError(f"{root}: no class sub-directories")
         self.samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=tuple("." + e for e in IMAGE_EXTS))
-        self.transform = transform
+        self.transform, self.part = transform, part
 
     def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for path, label in self.samples[wid::nw]:
+        index, count = _part(self.part)
+        for path, label in self.samples[index::count]:
             yield self.transform(Path(path).read_bytes()), label
 
 
@@ -100,15 +112,16 @@ def _int_label(record):
         return None
 
 
-def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0):
-    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder."""
+def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0, part=(0, 1)):
+    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder;
+    `part` (rank, world): this rank's share of the set."""
     from clipav2.data import EvalTransform, expand_urls
 
     transform = EvalTransform(image_size, kind)
     if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
-        dataset = _Folder(path, transform)
+        dataset = _Folder(path, transform, part)
     else:
-        dataset = _ShardRecords(expand_urls(path), transform, _int_label)
+        dataset = _ShardRecords(expand_urls(path), transform, _int_label, part)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
 
 
