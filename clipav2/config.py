@@ -331,6 +331,11 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
             raise ConfigError(f"eval.{key}: {getattr(cfg.eval, key)} must be >= 0 (0: off)")
     if cfg.log.progress_seconds <= 0:
         raise ConfigError(f"log.progress_seconds: {cfg.log.progress_seconds} must be > 0")
+    if cfg.log.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"log.wandb: {cfg.log.wandb!r} needs the wandb package (pip install wandb), which is not installed")
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
     if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:

@@ -21,19 +21,23 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
-    """The tiny recipe (4 + 4 steps of 16 samples) with and without evaluation every 32 samples."""
+    """The tiny recipe (4 + 4 steps of 16 samples) with and without evaluation every 32 samples;
+    the second also logs to Weights & Biases, offline."""
     from clipav2.train.loop import train
 
     out = {}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_MODE", "offline")
     for name, every in (("plain", 0), ("periodic", 32)):
         root = tmp_path_factory.mktemp(name)
-        changes = {"eval.every_samples": every, "log.progress": True}
+        changes = {"eval.every_samples": every, "log.progress": True, "log.wandb": "clipav2-test" if every else None}
         cfg = load_config(tiny_recipe(root / "r.yaml", data, root / "run", **changes), world_size=1)
         stdout, stderr = io.StringIO(), io.StringIO()  # not terminals
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             assert train(cfg) == exitcodes.OK
         out[name] = root / "run"
         out[name + "_output"] = (stdout.getvalue(), stderr.getvalue())
+    mp.undo()
     return out
 
 
@@ -107,3 +111,40 @@ def test_output_off_a_terminal(runs):
     rec = {"stage": "pretrain", "step": 120, "samples_seen": 15360, "loss": 2.3456, "samples_per_s": 128.0, "cost_usd": 0.0123}
     assert progress_line(rec, 250) == ("[pretrain] step 120/250 (48%), 15,360 samples, loss 2.346, 128.0 samples/s, "
                                        "$0.0123 spent, 2m 10s to go")
+
+
+def _wandb_records(path):
+    """The records of an offline run file (wandb's LevelDB-style log: a 7-byte ':W&B' header,
+    32 KiB blocks of chunks with a 7-byte header: crc32, length, type full/first/middle/last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    pos, block, parts = 7, 32768, b""
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        parts = data if kind in (1, 2) else parts + data
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            yield record
+
+
+def test_wandb_offline(runs):
+    run = runs["periodic"]
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1 and (run / "wandb_id").read_text().strip() in files[0].name
+    history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+               for r in _wandb_records(files[0]) if r.WhichOneof("record_type") == "history"]
+    evals = [(h["recipe_samples"], h["eval/zero_shot_top1"], h["eval/cost_usd"]) for h in history if "eval/zero_shot_top1" in h]
+    assert evals == [(e["recipe_samples"], pytest.approx(e["top1"]), pytest.approx(e["cost_usd"]))
+                     for e in _jsonl(run / "eval.jsonl")]
+    losses = [(h["recipe_samples"], h["train/loss"]) for h in history if "train/loss" in h]
+    assert losses == [(r["recipe_samples"], pytest.approx(r["loss"])) for r in _jsonl(run / "metrics.jsonl")]

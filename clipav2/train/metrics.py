@@ -72,12 +72,12 @@ class _Wandb:
     RUN_DIR/wandb_id). WANDB_MODE=offline records without a network (`wandb sync` uploads later)."""
 
     def __init__(self, project: str, run_dir: Path, config: dict):
-        try:
-            import wandb
-        except ImportError as e:
-            raise ImportError("log.wandb needs the wandb package: pip install wandb") from e
+        import secrets
+
+        import wandb
+
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(project=project, dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name,
                               config=config)
