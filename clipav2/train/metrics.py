@@ -24,9 +24,11 @@ EVAL_KEYS = ("top1", "top5")
 def quiet_library_warnings() -> None:
     """Deprecation and advice warnings torch.distributed (DCP, collectives) prints on every save
     or gather: nothing a user of the trainer can act on, so they stay out of the run's output."""
-    for module in (r"torch\.distributed\..*", r"torch\.utils\.checkpoint"):
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    for category in (FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch\.distributed\.")  # raised inside torch
+        # raised on our call site (stacklevel 2): the autograd all_gather the loss uses
+        warnings.filterwarnings("ignore", category=category, message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+        warnings.filterwarnings("ignore", category=category, message=r".*torch\.distributed\.checkpoint")
 
 
 def stage_header(stage, index: int, n_stages: int, kept: int, tokens: int, ranks: int, n_micro: int, step: int) -> str:
