@@ -39,15 +39,16 @@ def test_crop_box_follows_torchvision_rule():
         assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
 
 
-def test_crop_matches_torchvision_resized_crop(photo):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])  # JAX | open_clip (CLIPA v1)
+def test_crop_matches_torchvision_resized_crop(photo, interpolation):
     """Without fast decode and jitter, our crop is torchvision's resized_crop of the same box (PIL
     samples beyond the box edge where torchvision clamps, so only the border pixels may differ)."""
-    t = TrainTransform(84, fast_decode=False, color_jitter=(0, 0, 0, 0), grayscale_p=0)
+    t = TrainTransform(84, fast_decode=False, color_jitter=(0, 0, 0, 0), grayscale_p=0, interpolation=interpolation)
     ours = t(photo, random.Random(5))
     left, top, right, bottom = random_resized_crop_box(512, 512, t.scale, t.ratio, random.Random(5))
     img = Image.open(io.BytesIO(photo)).convert("RGB")
-    ref = to_tensor_uint8(TF.resized_crop(img, top, left, bottom - top, right - left, [84, 84],
-                                          TF.InterpolationMode.BILINEAR, antialias=True))
+    mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    ref = to_tensor_uint8(TF.resized_crop(img, top, left, bottom - top, right - left, [84, 84], mode, antialias=True))
     diff = (ours.int() - ref.int()).abs()
     assert diff[:, 2:-2, 2:-2].float().mean() < 0.5 and diff.float().mean() < 1.5
 

@@ -54,9 +54,9 @@ def test_overrides_reach_every_recipe_stage_by_name():
 
 # CLIPA v1 (open_clip docs/script_examples/clipa): 8 GPUs; I = image tokens with the class token
 V1 = {
-    "b16_i50_t16.yaml": ("ViT-B-16-CLIPA", 50, 16, "truncate", 65_536, 2.048e-3, 782, 16, 8_192, 2.56e-5, 3_072),
-    "l16_i17_t16.yaml": ("ViT-L-16-CLIPA", 17, 16, "truncate", 32_768, 1.024e-3, 1_563, 16, 7_168, 2.24e-5, 3_571),
-    "l16_i37_t8.yaml": ("ViT-L-16-CLIPA", 37, 8, "syntax", 32_768, 1.024e-3, 1_563, 32, 7_168, 2.24e-5, 3_571),
+    "b16_i50_t16.yaml": ("ViT-B-16-CL16", 50, 16, "truncate", 65_536, 2.048e-3, 782, 16, 8_192, 2.56e-5, 3_072),
+    "l16_i17_t16.yaml": ("ViT-L-16-CL16-Syntax-GAP", 17, 16, "syntax", 32_768, 1.024e-3, 1_563, 16, 7_168, 2.24e-5, 3_571),
+    "l16_i37_t8.yaml": ("ViT-L-16-CL8-Syntax-GAP", 37, 8, "syntax", 32_768, 1.024e-3, 1_563, 32, 7_168, 2.24e-5, 3_571),
 }
 
 
@@ -74,3 +74,8 @@ def test_clipa_v1_recipes_carry_the_script_figures(name):
     assert (ft.image_size, ft.text_len, ft.samples, ft.global_batch, ft.warmup_steps) == (224, ft_tl, 131_072_000, ft_batch, ft_warmup)
     assert ft.peak_lr == pytest.approx(ft_lr, rel=1e-12)
     assert ft.global_batch % 8 == 0 and cfg.parallel.strategy == "ddp"
+    # clipa_torch's model, tokenizer, decay, positions and crop (scripts: --pos-embed, --model)
+    assert ARCHITECTURES[model].init == "open_clip" and (cfg.model.pos_embed, cfg.model.gelu, cfg.model.ln_eps) == ("sincos_open_clip", "exact", 1e-5)
+    assert {s.tokenizer_mode for s in cfg.stages} == {"clip_bpe"} and {s.weight_decay_rule for s in cfg.stages} == {"matrices"}
+    assert (pre.pos_embed, ft.pos_embed, ft.text_reduction) == (None, "learned", "truncate")
+    assert {s.augment.crop_interpolation for s in cfg.stages} == {"bicubic"}

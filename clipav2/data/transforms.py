@@ -95,12 +95,14 @@ class TrainTransform:
     grayscale_p: float = 0.2
     hflip_p: float = 0.0
     fast_decode: bool = True
+    interpolation: str = "bilinear"  # of the crop's resize: bilinear (JAX) | bicubic (open_clip)
 
     @classmethod
     def from_stage(cls, stage, fast_decode: bool = True) -> "TrainTransform":
         a = stage.augment
         return cls(stage.image_size, tuple(a.crop_scale), tuple(a.crop_ratio), a.random_resized_crop,
-                   tuple(a.color_jitter), a.color_jitter_p, a.grayscale_p, a.hflip_p, fast_decode)
+                   tuple(a.color_jitter), a.color_jitter_p, a.grayscale_p, a.hflip_p, fast_decode,
+                   a.crop_interpolation)
 
     def __call__(self, data: bytes, rng: random.Random) -> torch.Tensor:
         """Encoded image bytes -> uint8 (3, size, size). Raises BadRecord for bad images."""
@@ -111,7 +113,8 @@ class TrainTransform:
             box = center_square_box(*img.size)
         if self.fast_decode:
             img, box = draft(img, box, self.size)
-        img = load_rgb(img).resize((self.size, self.size), Image.BILINEAR, box=box)
+        resample = Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR
+        img = load_rgb(img).resize((self.size, self.size), resample, box=box)
         return to_tensor_uint8(self.photometric(img, rng))
 
     def photometric(self, img: Image.Image, rng: random.Random) -> Image.Image:

@@ -32,6 +32,7 @@ _TOP = [
     ("text.pos_embed", "positional_embedding"),
     ("text.head.weight", "text_projection"),
     ("visual.norm.", "visual.ln_post."),
+    ("visual.norm_pre.", "visual.ln_pre."),  # CLIPA v1 (clipa_torch) and stock open_clip ViTs
     ("text.norm.", "ln_final."),
     ("visual.blocks.", "visual.transformer.resblocks."),
     ("text.blocks.", "transformer.resblocks."),

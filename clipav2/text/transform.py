@@ -18,6 +18,7 @@ import torch
 from clipav2.config import TEXT_REDUCTIONS
 from clipav2.reduce.text import RANDOMIZED, REDUCTIONS
 from clipav2.text import syntax
+from clipav2.text.bpe import BpeTextTransform, bpe_tokenize
 from clipav2.text.tokenizer import Tokenizer, as_text
 
 
@@ -70,6 +71,8 @@ class TextTransform:
 
 def make_text_transform(stage, vocab=None, seed: int = 0) -> TextTransform:
     """The transform for a `StageConfig` (its text_len, text_reduction, tokenizer_mode, name)."""
+    if stage.tokenizer_mode == "clip_bpe":  # CLIPA v1: CLIP's BPE (clipav2.text.bpe)
+        return BpeTextTransform(stage.text_len, stage.text_reduction)
     tokenizer = Tokenizer(vocab, mode=stage.tokenizer_mode)
     return TextTransform(tokenizer, stage.text_len, stage.text_reduction, stage.name, seed)
 
@@ -81,5 +84,7 @@ def _cached_tokenizer(vocab, mode, env_vocab) -> Tokenizer:
 
 def tokenize(captions, text_len: int, mode: str = "clipa", vocab=None) -> torch.Tensor:
     """(B, text_len) ids of `captions`, truncated: for evaluation prompts."""
+    if mode == "clip_bpe":
+        return bpe_tokenize(captions, text_len)
     vocab = None if vocab is None else str(vocab)
     return _cached_tokenizer(vocab, mode, os.environ.get("CLIPAV2_VOCAB"))(captions, text_len)
