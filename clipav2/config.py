@@ -8,6 +8,7 @@ Every error is a `ConfigError` whose message names the key and the allowed value
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -25,11 +26,12 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_context")
+TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
+EVAL_PROTOCOLS = ("clipa", "open_clip")
 
 
 @dataclass
@@ -97,6 +99,7 @@ class EvalConfig:
     batch_size: int = 256
     every_samples: int = 0  # also zero-shot every N samples of the recipe (0: off), split over the ranks
     every_minutes: float = 0.0  # also zero-shot every N minutes of training (0: off)
+    protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
 
 @dataclass
@@ -218,6 +221,8 @@ def _coerce(value, tp, key: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check below, inf breaks the schedule
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -252,6 +257,20 @@ def _build(cls, data, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _parse_scalar(text: str):
@@ -343,6 +362,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(f"log.wandb: {cfg.log.wandb!r} needs the wandb package (pip install wandb), which is not installed")
+    _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
     if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:
@@ -476,7 +496,7 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -101,7 +101,7 @@ def test_pretraining_sincos_is_open_clips_table():
         torch.testing.assert_close(sincos_2d_open_clip(grid, width), ref, atol=1e-6, rtol=0)
 
 
-def test_logit_scale_is_clamped_at_100_in_training():
+def test_logit_scale_is_clamped_at_100():
     from clipav2 import create_model
 
     model = create_model("ViT-B-16-CL16", image_size=32)
@@ -140,3 +140,17 @@ stages:
     save_model(after, tmp_path / "ft.safetensors")
     again = load_model(tmp_path / "ft.safetensors")
     torch.testing.assert_close(again.visual.pos_embed, after.visual.pos_embed)
+
+
+def test_open_clip_export_of_a_v1_pretraining_model_loads_back(tmp_path):
+    from clipav2 import create_model
+    from clipav2.models.convert import load_model, save_open_clip
+
+    model = create_model("tiny", pos_embed="sincos_open_clip", gelu="exact", ln_eps=1e-5).eval()
+    save_open_clip(model, tmp_path / "oc.safetensors")
+    again = load_model(tmp_path / "oc.safetensors").eval()
+    assert again.arch.vision.pos_embed == "sincos_open_clip"
+    images, ids = torch.randn(2, 3, 32, 32), torch.randint(0, 32000, (2, 16))
+    with torch.no_grad():
+        for a, b in zip(model(images, ids), again(images, ids)):
+            torch.testing.assert_close(a, b)

@@ -1,5 +1,6 @@
-"""The recipes in configs/ carry every figure of spec section 3 (CLIPA-v2) and of the CLIPA v1
-scripts (clipa-seed.md), and load without data (data.train is a placeholder)."""
+"""The recipes in configs/ carry every figure of the CLIPA-v2 schedules (arXiv 2306.15658; the
+clipa_jax/configs/model_* files) and of the CLIPA v1 scripts (clipa_torch/scripts/exp/gpu), and
+load without data (data.train is a placeholder)."""
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from clipav2.models.arch import ARCHITECTURES
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRE, FT224, FT336 = 12_811_670_000, 524_288_000, 131_072_000
 
-# spec section 3: (image px, reduction, mask ratio, text len, text reduction, samples, batch, steps, peak LR, warmup)
+# clipa_jax/configs/model_h: (image px, reduction, mask ratio, text len, text reduction, samples, batch, steps, peak LR, warmup)
 H14 = [(84, "resize", 0.0, 8, "syntax", PRE, 65_536, 195_490, 2.048e-3, 3_200),
        (224, "random", 0.3, 32, "truncate", FT224, 32_768, 16_000, 5.12e-5, 800),
        (336, "random", 0.4, 32, "truncate", FT336, 16_384, 8_000, 6.4e-6, 1_600)]

@@ -119,6 +119,9 @@ def test_vocabulary_fits_the_v1_text_towers_and_the_transform_pickles():
     assert len(v1) == 5 and {a.text.vocab_size for a in v1} == {49408}
     transform = pickle.loads(pickle.dumps(bpe.BpeTextTransform(16)))
     assert torch.equal(transform("a dog"), open_clip.tokenize(["a dog"], context_length=16)[0])
+    # `clipav2 text preview` reads kept ids and their pieces
+    row = open_clip.tokenize([CAPTIONS[1]], context_length=8)[0].tolist()
+    assert transform.tokenizer.id_to_piece(bpe.BpeTextTransform(8).kept(CAPTIONS[1])) == transform.tokenizer.id_to_piece(row[1:7])
 
 
 def test_unsupported_reduction_is_a_clear_error():

@@ -50,7 +50,8 @@ say "== machine"
 say "budget ${BUDGET} s; ${STEPS} timed steps after ${WARMUP} warm-up per row; $(elapsed) s so far"
 
 say "== CUDA tests (skipped without CUDA)"
-timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_attention.py \
+# one line per test as it ends (-v), so a run the timeout stops still says what passed
+timeout -k 10 "$TEST_TIMEOUT" "$PYTHON" -m pytest -o addopts= -v -rs -p no:cacheprovider tests/test_cuda_attention.py \
   tests/test_cuda_step.py 2>&1 | tee "$OUT/tests.txt" | tail -n 40 | tee -a "$LOG"
 say "tests exit ${PIPESTATUS[0]} (124: timed out); $(elapsed) s so far"
 
@@ -68,6 +69,8 @@ for _ in 1 2 3; do
   "$PYTHON" tools/gpu_check_rows.py "${ROWS_ARGS[@]}" --interrupted "$why" | tee -a "$LOG"
   [ "$why" = "stopped at the time budget" ] && break
 done
+# rows never reached (budget spent, or a third death) are listed as skipped
+"$PYTHON" tools/gpu_check_rows.py "${ROWS_ARGS[@]}" --deadline "$(date +%s)" | tee -a "$LOG"
 
 say "== table ($(elapsed) s)"
 cat "$OUT/env.md" "$OUT/table.md" | tee -a "$LOG"

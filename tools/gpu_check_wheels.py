@@ -79,8 +79,8 @@ def install(folder: Path, site: Path) -> int:
         return 1
     files = [str(wheels[pin_name(p)]) for p in need]
     print(f"gpu_check: installing {', '.join(need)} into {site}")
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-           "--no-cache-dir", "--disable-pip-version-check", "--upgrade", "--target", str(site), *files]
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+           "--disable-pip-version-check", "--root-user-action=ignore", "--upgrade", "--target", str(site), *files]
     return subprocess.call(cmd)
 
 

@@ -1,17 +1,17 @@
-"""Evaluate a model the way a stage is evaluated: the stage's image size and eval transform
-(pre-training: short side + centre crop; fine-tuning: direct resize), prompts tokenized at the
-stage's text length and tokenizer mode.
+"""Evaluate a model the way a stage is evaluated, under the config's `eval.protocol`
+(`clipav2.eval.protocol`, docs/eval.md): the stage's image size and eval transform (pre-training:
+short side + centre crop; fine-tuning: direct resize), prompts tokenized at the stage's text
+length, tokenizer mode and (clipa) text reduction.
 
 With `world` (a distributed run, evaluating while it trains) every rank classifies its own share
 of the set and the counts are summed; the forwards run in lock-step (a rank whose share is done
 runs placeholder forwards while others still have images), because FSDP2 and ZeRO-3 gather the
-parameters collectively inside every forward.
-"""
+parameters collectively inside every forward."""
 from __future__ import annotations
 
 import torch
 
-from clipav2.eval import retrieval, sets, zeroshot
+from clipav2.eval import protocol, retrieval, sets, zeroshot
 
 
 def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None, world=None) -> dict:
@@ -20,33 +20,31 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None,
     `encode_text` (a plain CLIP module, or `periodic.EngineModel`). With a distributed `world`:
     zero-shot only, split over the ranks (a collective: every rank calls it)."""
     from clipav2.data import normalize
-    from clipav2.text import tokenize
 
     shared = world is not None and world.distributed
     classify_path = classify_path or cfg.data.eval
     retrieval_path = None if shared else retrieval_path or cfg.data.retrieval
-
-    def tok(texts):
-        return tokenize(texts, stage.text_len, stage.tokenizer_mode, vocab=cfg.data.vocab)
+    how = cfg.eval.protocol
+    tok = protocol.prompt_tokenizer(how, stage, vocab=cfg.data.vocab, seed=cfg.seed)
+    kind = protocol.image_kind(how, stage.eval_transform)
 
     out = {}
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         if classify_path:
-            names = sets.classnames(cfg.data.eval_classnames, classify_path)
-            prompts = sets.templates(cfg.data.eval_templates, classify_path)
+            names, prompts = protocol.zero_shot_prompts(how, cfg.data.eval_classnames, cfg.data.eval_templates, classify_path)
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
             part = (world.rank, world.world_size) if shared else (0, 1)
-            batches = sets.classification_batches(classify_path, stage.image_size, stage.eval_transform,
-                                                  cfg.eval.batch_size, cfg.data.workers, part)
+            batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
+                                                  cfg.data.workers, protocol=how, classes=len(names), part=part)
             if shared:
                 result = _classify_shared(model, batches, classes, normalize, device, world, stage.image_size)
             else:
                 result = zeroshot.classify(model, batches, classes, normalize, device)
             out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names)}
         if retrieval_path:
-            batches = sets.retrieval_batches(retrieval_path, stage.image_size, stage.eval_transform,
-                                             cfg.eval.batch_size, tok, cfg.data.workers)
+            batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
+                                             cfg.eval.batch_size, tok, cfg.data.workers, protocol=how)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
             out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0]}
     return out

@@ -113,7 +113,8 @@ _ROWS = {
     "ViT-H-14-CLIPA": _v2(1024, {"layers": 32, "width": 1280, "head_width": 80, "patch_size": 14},
                           {"width": 1024, "heads": 16, "layers": 24}),
     # trained with clipa_jax/main_t5x.py on clipa_jax/models_t5x/
-    "ViT-bigG-14-CLIPA": _v2(1280, {"layers": 48, "width": 1664, "head_width": 104, "mlp_ratio": 4.9231, "patch_size": 14},
+    "ViT-bigG-14-CLIPA": _v2(1280, {"layers": 48, "width": 1664, "head_width": 104, "mlp_ratio": 4.9231,
+                                    "patch_size": 14},
                              {"width": 1280, "heads": 20, "layers": 32}, init="clipa_jax_t5x"),
 }
 _V1_ROWS = {

@@ -83,6 +83,7 @@ class Attention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
         if self.causal:
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.proj(out.transpose(1, 2).reshape(b, t, d))
         return self.proj(self.attend(q, k, v).reshape(b, t, d))

@@ -17,7 +17,8 @@ class CLIP(nn.Module):
     """`forward(images, ids, keep=None) -> (image_emb, text_emb, logit_scale.exp())`, both
     embeddings L2-normalised. `logit_scale` is a 0-d parameter in log space, initialised to
     log(1/0.07). JAX (CLIPA-v2) does not clamp it; architectures with `logit_scale_max` (CLIPA v1,
-    open_clip's train loop: 100) clamp it to [0, log max] in training. Its exp is computed in fp32."""
+    open_clip's train loop: 100) clamp it to [0, log max] in place before each use. Its exp is
+    computed in fp32."""
 
     def __init__(self, arch: ClipArch):
         super().__init__()
@@ -42,7 +43,7 @@ class CLIP(nn.Module):
         return F.normalize(self.text(ids), dim=-1)
 
     def forward(self, images, ids, keep=None):
-        if self.arch.logit_scale_max is not None and self.training:
+        if self.arch.logit_scale_max is not None:
             # open_clip clamps the parameter in place after each step; clamping before its next
             # use is the same under single/DDP (FSDP/ZeRO clamp the gathered copy they compute with)
             with torch.no_grad():

@@ -20,7 +20,8 @@ class TextTower(nn.Module):
         if t.pool not in TEXT_POOLS:
             raise ValueError(f"text pool must be one of {', '.join(TEXT_POOLS)}, got {t.pool!r}")
         self.pool = t.pool
-        self.blocks = make_blocks(t.depth, t.width, t.heads, t.mlp, arch.gelu, arch.ln_eps, arch.attention, causal=t.causal)
+        self.blocks = make_blocks(t.depth, t.width, t.heads, t.mlp, arch.gelu, arch.ln_eps, arch.attention,
+                                  causal=t.causal)
         self.checkpointing = checkpoint_flags(arch.checkpointing, t.depth)
         self.norm = nn.LayerNorm(t.width, eps=arch.ln_eps)
         self.head = nn.Linear(t.width, arch.embed_dim, bias=False)

@@ -21,7 +21,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp: int, gelu: str, ln_eps: float, attention: str, causal: bool = False):
+    def __init__(self, width: int, heads: int, mlp: int, gelu: str, ln_eps: float, attention: str,
+                 causal: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=ln_eps)
         self.attn = Attention(width, heads, attention, causal=causal)

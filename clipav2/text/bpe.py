@@ -63,39 +63,49 @@ def syntax_words(text: str, keep: int) -> str:
     return " ".join(words[i] for i in chosen)
 
 
-def pack(ids: list[int], text_len: int) -> torch.Tensor:
-    bpe = _bpe()
-    row = [bpe.sot_token_id, *ids, bpe.eot_token_id]
-    if len(row) > text_len:
-        row = row[:text_len]
-        row[-1] = bpe.eot_token_id
-    out = torch.zeros(text_len, dtype=torch.long)
-    out[: len(row)] = torch.tensor(row)
-    return out
+class BpeTokenizer:
+    """The pieces of open_clip's BPE; holds nothing, so it pickles for free."""
+
+    def encode(self, text: str) -> list[int]:
+        return _bpe().encode(text)
+
+    def id_to_piece(self, ids) -> list[str]:
+        decoder = _bpe().decoder
+        return [decoder[i] for i in ids]
 
 
 class BpeTextTransform:
-    """(caption, sample_key) -> LongTensor[text_len]; picklable (the tokenizer is built per process)."""
+    """(caption, sample_key) -> LongTensor[text_len]; picklable (the tokenizer is built per process).
+    `kept` gives the ids between <start_of_text> and <end_of_text>, as the WordPiece transform."""
 
     def __init__(self, text_len: int, reduction: str = "truncate"):
         if reduction not in REDUCTIONS:
             raise ValueError(
-                f"text_reduction {reduction!r} is not available with the CLIP BPE tokenizer; choose one of {', '.join(REDUCTIONS)}"
+                f"text_reduction {reduction!r} is not available with the CLIP BPE tokenizer; "
+                f"choose one of {', '.join(REDUCTIONS)}"
             )
         if text_len < 2:
             raise ValueError(f"text_len {text_len} leaves no room for <start_of_text> and <end_of_text>")
         self.text_len = text_len
         self.reduction = reduction
+        self.tokenizer = BpeTokenizer()
         _bpe()  # fail here, in the main process, when open_clip is missing
         if reduction == "syntax":
             syntax.ensure_tagger()
             ensure_word_splitter()
 
-    def __call__(self, caption, sample_key: str = "") -> torch.Tensor:
+    def kept(self, caption, sample_key: str = "") -> list[int]:
         text = as_text(caption)
         if self.reduction == "syntax":
             text = syntax_words(text, self.text_len - 2)
-        return pack(_bpe().encode(text), self.text_len)
+        return self.tokenizer.encode(text)[: self.text_len - 2]  # truncation keeps <end_of_text> last
+
+    def __call__(self, caption, sample_key: str = "") -> torch.Tensor:
+        bpe = _bpe()
+        row = [bpe.sot_token_id, *self.kept(caption, sample_key), bpe.eot_token_id]
+        out = torch.zeros(self.text_len, dtype=torch.long)
+        out[: len(row)] = torch.tensor(row)
+        return out
 
 
 def bpe_tokenize(captions, text_len: int, reduction: str = "truncate") -> torch.Tensor:

@@ -42,17 +42,21 @@ class TextTransform:
         self.stage = stage
         self.seed = seed
         self.table = None
-        if reduction == "syntax":
+        if reduction in ("syntax", "syntax_pieces"):
             self.table = syntax.vocab_priorities(tokenizer.entries, tokenizer.vocab_hash, tokenizer.vocab_path)
         elif reduction == "syntax_context":
             syntax.ensure_tagger()  # fail here, in the main process, not in a worker
-        self._select = REDUCTIONS["syntax" if reduction.startswith("syntax") else reduction]
+        self._select = REDUCTIONS["syntax_pieces" if reduction == "syntax_context" else reduction]
 
     def kept(self, caption, sample_key: str) -> list[int]:
         """The kept word-piece ids, in order (no [CLS], no padding)."""
+        if self.reduction == "syntax":
+            ids, words = self.tokenizer.words(caption, only_over=self.keep)
+            if words is None or not ids or words[-1] < self.keep:  # at most L-1 words: truncation, as upstream
+                return ids[: self.keep]
+            return self._select(ids, self.keep, priorities=[self.table[i] for i in ids], words=words)
         if self.reduction == "syntax_context":
-            text = as_text(caption)
-            encoding = self.tokenizer.encoding(text)
+            encoding, text = self.tokenizer.encoding(caption)
             ids = encoding.ids
             if len(ids) <= self.keep:
                 return ids
