@@ -28,7 +28,7 @@ STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
@@ -42,7 +42,7 @@ class ModelConfig:
     ln_eps: float = 1e-6
     attention: str = "sdpa"
     checkpointing: str = "none"  # none | all | every_<k>
-    compile: bool = False
+    compile: typing.Optional[bool] = None  # None: on CUDA, off on the CPU
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ParallelConfig:
     zero_stage: int = 2
     micro_batch: int = 32  # per GPU; a stage may override it
     grad_accum: typing.Optional[int] = None  # None: global_batch // (world * micro_batch)
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
+    precision: str = "auto"  # auto: bf16_autocast on CUDA, fp32 on the CPU (docs/engine.md)
     reshard_after_forward: bool = True
     hsdp_shard_size: typing.Optional[int] = None  # FSDP2 HSDP: GPUs per shard group (e.g. 8)
     deepspeed_config: typing.Optional[str] = None  # a user's DS JSON merged over ours

@@ -11,6 +11,7 @@ The loop never branches on the engine: everything goes through the Strategy.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import grad_accum_steps, to_dict
+from clipav2.config import to_dict
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger, quiet_library_warnings, stage_header
 from clipav2.train.skipcount import describe_skipped, summed_over_ranks
@@ -57,7 +58,7 @@ class Trainer:
         from clipav2.cost.guard import BudgetGuard
         from clipav2.cost.plan import stage_flops
         from clipav2.cost.prices import resolve
-        from clipav2.perf.measure import device_name
+        from clipav2.parallel.env import device_name
 
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
@@ -84,6 +85,10 @@ class Trainer:
     def _charge(self, stage: str, kind: str, seconds: float) -> None:
         if self.ledger is not None:
             self.ledger.add(stage, kind, seconds)
+
+    def _timed(self, stage: str, kind: str):
+        """Charge the block's wall time to the ledger (main rank), even when the block raises."""
+        return self.ledger.track(kind, stage) if self.ledger is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
@@ -136,8 +141,6 @@ class Trainer:
         model = build_stage_model(cfg, index, self.run_dir)
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
-        if cfg.model.compile:
-            model.compile_blocks()
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -154,7 +157,7 @@ class Trainer:
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = grad_accum_steps(cfg, stage, world.world_size)
+        n_micro = runner.n_micro
         step = int(extra.get("step", 0))
         skipped_steps = int(extra.get("skipped_steps", 0))
         tokens = (stage.image_size // get_arch(cfg.model.name).vision.patch_size) ** 2
@@ -163,20 +166,19 @@ class Trainer:
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
 
         def save(at_step: int, budget_stop: float | None = None) -> None:
-            t = time.perf_counter()
-            state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
-                     "budget_stop": budget_stop}
-            if self.ledger is not None:
-                self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
-                state["ledger"] = self.ledger.state_dict()
-            ckpt.save(strategy, at_step, state)
-            self._charge(stage.name, "checkpoint", time.perf_counter() - t)
+            with self._timed(stage.name, "checkpoint"):
+                state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
+                         "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
+                         "budget_stop": budget_stop}
+                if self.ledger is not None:
+                    self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
+                    state["ledger"] = self.ledger.state_dict()
+                ckpt.save(strategy, at_step, state)
 
         audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
         self.metrics.start_stage(stage.name, stage.steps, step, index, periodic.offset)
         batches = iter(loader)
-        window = _Window(step)
+        window = _Window()
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
@@ -230,7 +232,7 @@ class Trainer:
     def _log(self, stage, step, window, loader, skipped_steps, ckpt, periodic):
         """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
         from clipav2.cost.projection import project
-        from clipav2.perf.peaks import mfu
+        from clipav2.cost.mfu import mfu
 
         world, stop = self.world, False
         stats = window.close(step)  # the one device sync of the interval
@@ -322,7 +324,7 @@ class _KeyAudit:
 class _Window:
     """Accumulates one log interval on the device (no syncs until `close`)."""
 
-    def __init__(self, step: int):
+    def __init__(self):
         self.reset()
 
     def reset(self):
