@@ -42,7 +42,7 @@ def checkpoint_kind(path: str):
     from clipav2.train.consolidate import find_step_dir
 
     step_dir = find_step_dir(path)
-    if Path(path).is_file() and step_dir is None:
+    if Path(path).is_file() and step_dir is None and Path(path).suffix != ".distcp":
         return None
     if step_dir is not None and Path(path).resolve() in (step_dir.resolve(), step_dir.parent.resolve()):
         return step_dir
