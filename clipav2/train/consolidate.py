@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -49,12 +50,16 @@ def read_step(step_dir) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"{step_dir}: not a usable checkpoint: {problem}")
     meta = json.loads((step_dir / "strategy.json").read_text())
     meta.setdefault("step", json.loads((step_dir / MANIFEST).read_text()).get("step"))
-    if (step_dir / "state").is_dir():
-        state = _dcp_weights(step_dir / "state")
-    elif (step_dir / "deepspeed").is_dir():
-        state = _deepspeed_weights(step_dir / "deepspeed")
-    else:
+    readers = {"state": _dcp_weights, "deepspeed": _deepspeed_weights}
+    kind = next((k for k in readers if (step_dir / k).is_dir()), None)
+    if kind is None:
         raise ValueError(f"{step_dir}: neither DCP shards (state/) nor a DeepSpeed checkpoint (deepspeed/)")
+    try:
+        state = readers[kind](step_dir / kind)
+    except pickle.UnpicklingError as e:  # torch's message is a page; the line naming the object will do
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = next((line for line in lines if "Unsupported global" in line or "not allowed" in line), lines[-1])
+        raise ValueError(f"{step_dir}: refused to load: {why}") from None
     return meta, {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
