@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from clipav2.train.decay import RULES as DECAY_RULES
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message is one line naming the key."""
@@ -23,17 +25,18 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_context")
-TOKENIZER_MODES = ("clipa", "open_clip")
+TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
+TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
+EVAL_PROTOCOLS = ("clipa", "open_clip")
 
 
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    pos_embed: str = "sincos"  # sincos | learned
+    pos_embed: str = "sincos"  # sincos | learned | sincos_open_clip (CLIPA v1 pre-training)
     gelu: str = "tanh"  # tanh | exact
     ln_eps: float = 1e-6
     attention: str = "sdpa"
@@ -91,6 +94,7 @@ class LogConfig:
 class EvalConfig:
     at_stage_end: bool = True  # zero-shot eval after each stage -> RUN_DIR/eval.jsonl
     batch_size: int = 256
+    protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.40, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     random_resized_crop: bool = True
+    crop_interpolation: str = "bilinear"  # bilinear (JAX inception crop) | bicubic (open_clip, CLIPA v1)
     color_jitter: tuple[float, float, float, float] = (0.32, 0.32, 0.32, 0.08)
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -126,7 +131,7 @@ class StageConfig:
     grid_window: int = 2  # grid: keep one patch per k x k window
     text_len: int = 32
     text_reduction: str = "truncate"
-    tokenizer_mode: str = "clipa"  # clipa ([CLS] + L-1 pieces) | open_clip ([CLS] + L-2 pieces)
+    tokenizer_mode: str = "clipa"  # clipa ([CLS] + L-1 pieces) | open_clip ([CLS] + L-2 pieces) | clip_bpe (CLIPA v1)
     samples: int = 0
     global_batch: int = 256
     micro_batch: typing.Optional[int] = None  # overrides parallel.micro_batch for this stage
@@ -136,10 +141,14 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.2
+    weight_decay_rule: str = "kernels"  # kernels | kernels_and_tokens | matrices (clipav2.train.decay)
     grad_clip: typing.Optional[float] = None  # CLIPA uses none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_transform: str = "center_crop"  # pre-training: center_crop; fine-tune: resize
     init_from: typing.Optional[str] = None  # ours (.safetensors) or an open_clip checkpoint
+    # "learned": from this stage on the image position table is learned, starting from its
+    # current (sin-cos) values resampled to the stage's grid (CLIPA v1 fine-tuning, --pos-embed learnable)
+    pos_embed: typing.Optional[str] = None
 
     @property
     def steps(self) -> int:
@@ -283,12 +292,12 @@ def _check_choice(key: str, value, allowed) -> None:
 
 def validate(cfg: Config, world_size: int | None = None) -> Config:
     """Semantic checks that need no model. `world_size` (when known) checks batch divisibility."""
-    from clipav2.models.arch import ARCHITECTURES
+    from clipav2.models.arch import ARCHITECTURES, POS_EMBEDS
 
     m = cfg.model
     if m.name not in ARCHITECTURES:
         raise ConfigError(f"model.name: unknown architecture {m.name!r}; known: {', '.join(ARCHITECTURES)}")
-    _check_choice("model.pos_embed", m.pos_embed, ("sincos", "learned"))
+    _check_choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
     _check_choice("model.gelu", m.gelu, ("tanh", "exact"))
     _check_choice("model.attention", m.attention, ATTENTION)
     if not (m.checkpointing in ("none", "all") or _every_k(m.checkpointing)):
@@ -322,6 +331,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
     _positive("log.every_steps", cfg.log.every_steps)
     _positive("eval.batch_size", cfg.eval.batch_size)
+    _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
     if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:
@@ -371,6 +381,8 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
         raise ConfigError(f"{key}.text_len: {s.text_len} must be >= 2 ([CLS] plus one piece)")
     _check_choice(f"{key}.text_reduction", s.text_reduction, TEXT_REDUCTIONS)
     _check_choice(f"{key}.tokenizer_mode", s.tokenizer_mode, TOKENIZER_MODES)
+    if s.tokenizer_mode == "clip_bpe" and s.text_reduction not in ("truncate", "syntax"):
+        raise ConfigError(f"{key}.text_reduction: {s.text_reduction!r} is not available with tokenizer_mode clip_bpe (truncate, syntax)")
     _check_choice(f"{key}.eval_transform", s.eval_transform, EVAL_TRANSFORMS)
     if s.samples <= 0:
         raise ConfigError(f"{key}.samples: {s.samples} must be > 0")
@@ -390,6 +402,7 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
         raise ConfigError(f"{key}.eps: {s.eps} must be > 0")
     if s.weight_decay < 0:
         raise ConfigError(f"{key}.weight_decay: {s.weight_decay} must be >= 0")
+    _check_choice(f"{key}.weight_decay_rule", s.weight_decay_rule, DECAY_RULES)
     if s.grad_clip is not None and s.grad_clip <= 0:
         raise ConfigError(f"{key}.grad_clip: {s.grad_clip} must be > 0 (or null for none)")
     a = s.augment
@@ -398,11 +411,14 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
         raise ConfigError(f"{key}.augment.crop_scale: {a.crop_scale} must satisfy 0 < min <= max <= 1")
     if not 0 < a.crop_ratio[0] <= a.crop_ratio[1]:
         raise ConfigError(f"{key}.augment.crop_ratio: {a.crop_ratio} must satisfy 0 < min <= max")
+    _check_choice(f"{key}.augment.crop_interpolation", a.crop_interpolation, ("bilinear", "bicubic"))
     for name in ("color_jitter_p", "grayscale_p", "hflip_p"):
         if not 0 <= getattr(a, name) <= 1:
             raise ConfigError(f"{key}.augment.{name}: {getattr(a, name)} must be in [0, 1]")
     if any(v < 0 for v in a.color_jitter) or a.color_jitter[3] > 0.5:
         raise ConfigError(f"{key}.augment.color_jitter: {a.color_jitter} must be >= 0 with hue <= 0.5")
+    if s.pos_embed not in (None, "learned"):
+        raise ConfigError(f"{key}.pos_embed: {s.pos_embed!r} must be learned or left out")
     if s.init_from is not None and not Path(s.init_from).exists():
         raise ConfigError(f"{key}.init_from: no such file {s.init_from!r}")
     if world_size is not None:
@@ -427,19 +443,17 @@ def grad_accum_steps(cfg: Config, stage: StageConfig, world_size: int) -> int:
 
 def load_config(path=None, overrides=(), world_size: int | None = None, check_data: bool = False) -> Config:
     """Read a YAML recipe (or start from defaults), apply overrides, build and validate."""
+    from clipav2.inherit import apply_stage_defaults, read_recipe
+
     raw = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config: no such file {str(path)!r}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+        raw = read_recipe(path, _read_yaml)
     for item in overrides:
         apply_override(raw, item)
+    apply_stage_defaults(raw)
     if "stages" in raw and not isinstance(raw["stages"], list):
         raise ConfigError("stages: expected a list of stages")
     cfg = _build(Config, raw, "")
@@ -447,6 +461,16 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
     if check_data:
         check_data_paths(cfg)
     return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    return raw
 
 
 def check_data_paths(cfg: Config) -> None:
@@ -485,11 +509,16 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML: what RUN_DIR/config.yaml holds and `clipav2 plan --resolved` prints."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, run_dir=None) -> Path:
     """Write the resolved config to RUN_DIR/config.yaml (atomically)."""
     out = Path(run_dir or cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.write_text(to_yaml(cfg))
     os.replace(tmp, out / "config.yaml")
     return out / "config.yaml"

@@ -1,5 +1,5 @@
-"""The FLOPs the benchmark divides by are the plan's, stage by stage, and both match the spec's
-closed form (section 5) computed here from the architecture's numbers."""
+"""The FLOPs the benchmark divides by are the plan's, stage by stage, and both match the
+closed form (docs/cost.md) computed here from the architecture's numbers."""
 import json
 
 import pytest
@@ -38,8 +38,8 @@ def test_bench_flops_equal_the_plan_for_every_h14_stage(capsys):
         assert row.train_flops_per_sample == closed_form_train_flops(px, kept, length)
 
 
-def test_h14_pretrain_is_the_spec_151_gflops():
-    # the spec's 151 GFLOPs leaves the class token out; the model computes it (37 tokens, not 36),
+def test_h14_pretrain_is_the_quoted_151_gflops():
+    # the quoted 151 GFLOPs leaves the class token out; the model computes it (37 tokens, not 36),
     # so the bench and the plan count 155 GFLOPs, 2.7 % more
     assert closed_form_train_flops(84, 36, 8, class_token=False) / 1e9 == pytest.approx(151, abs=0.5)
     assert closed_form_train_flops(84, 36, 8) / 1e9 == pytest.approx(155.03, abs=0.01)

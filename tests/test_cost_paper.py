@@ -1,4 +1,4 @@
-"""The CLIPA-v2 paper's cost table reproduced by the pricing and the plan (issue 7)."""
+"""The CLIPA-v2 paper's cost table (arXiv 2306.15658) reproduced by the pricing and the plan."""
 import json
 
 import pytest

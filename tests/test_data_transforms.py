@@ -3,15 +3,17 @@ import io
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 from skimage import data as samples
 
 from clipav2.data import EvalTransform, TrainTransform, normalize
-from clipav2.data.transforms import random_resized_crop_box, to_tensor_uint8
+from clipav2.data.transforms import clipa_short_side, random_resized_crop_box, to_tensor_uint8
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +41,16 @@ def test_crop_box_follows_torchvision_rule():
         assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
 
 
-def test_crop_matches_torchvision_resized_crop(photo):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])  # JAX | open_clip (CLIPA v1)
+def test_crop_matches_torchvision_resized_crop(photo, interpolation):
     """Without fast decode and jitter, our crop is torchvision's resized_crop of the same box (PIL
     samples beyond the box edge where torchvision clamps, so only the border pixels may differ)."""
-    t = TrainTransform(84, fast_decode=False, color_jitter=(0, 0, 0, 0), grayscale_p=0)
+    t = TrainTransform(84, fast_decode=False, color_jitter=(0, 0, 0, 0), grayscale_p=0, interpolation=interpolation)
     ours = t(photo, random.Random(5))
     left, top, right, bottom = random_resized_crop_box(512, 512, t.scale, t.ratio, random.Random(5))
     img = Image.open(io.BytesIO(photo)).convert("RGB")
-    ref = to_tensor_uint8(TF.resized_crop(img, top, left, bottom - top, right - left, [84, 84],
-                                          TF.InterpolationMode.BILINEAR, antialias=True))
+    mode = TF.InterpolationMode.BICUBIC if interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    ref = to_tensor_uint8(TF.resized_crop(img, top, left, bottom - top, right - left, [84, 84], mode, antialias=True))
     diff = (ours.int() - ref.int()).abs()
     assert diff[:, 2:-2, 2:-2].float().mean() < 0.5 and diff.float().mean() < 1.5
 
@@ -95,17 +98,52 @@ def test_photometric_statistics(photo):
     assert abs(changed / n - (1 - 0.2 * 0.8)) < 0.06  # unchanged only without jitter and grayscale
 
 
-@pytest.mark.parametrize("kind,reference", [
-    ("center_crop", lambda s: T.Compose([T.Resize(s, T.InterpolationMode.BICUBIC), T.CenterCrop(s)])),
-    ("resize", lambda s: T.Resize((s, s), T.InterpolationMode.BICUBIC)),
-])
-def test_eval_transform_equals_torchvision(kind, reference):
-    img = Image.fromarray(samples.chelsea())  # 451 x 300: not square
+def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    ours = EvalTransform(96, kind, fast_decode=False)(buf.getvalue())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["center_crop", "resize"])
+def test_open_clip_protocol_is_open_clips_eval_transform(kind):
+    from open_clip.transform import image_transform
+
+    img = Image.fromarray(samples.chelsea())  # 451 x 300: not square
+    ops = [t for t in image_transform(96, is_train=False).transforms if not isinstance(t, (T.ToTensor, T.Normalize))]
+    ours = EvalTransform(96, kind, fast_decode=False, protocol="open_clip")(_png(img))
     assert ours.shape == (3, 96, 96)
-    assert torch.equal(ours, to_tensor_uint8(reference(96)(img)))
+    assert torch.equal(ours, to_tensor_uint8(T.Compose(ops)(img))), "open_clip crops whatever the stage"
+
+
+def _antialiased_bilinear(img, width, height):
+    """torch's own antialiased bilinear (not PIL's code), as tf.image.resize(antialias=True) does it."""
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float()
+    return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+@pytest.mark.parametrize("size", [84, 96, 224, 333])
+def test_clipa_protocol_is_big_visions_resize_small_and_central_crop(size):
+    img = Image.fromarray(samples.chelsea())  # 451 x 300
+    ours = EvalTransform(size, "center_crop", fast_decode=False)(_png(img)).float()
+    ratio = np.float32(size) / np.float32(300)  # resize_small: float32, rounded half to even
+    width, height = round(float(np.float32(451) * ratio)), round(float(np.float32(300) * ratio))
+    top, left = (height - size) // 2, (width - size) // 2  # central_crop: offsets floored
+    reference = _antialiased_bilinear(img, width, height)[:, top : top + size, left : left + size]
+    assert (ours - reference).abs().max() <= 1.5, "bilinear, antialiased, same box"
+    bicubic = to_tensor_uint8(T.Compose([T.Resize(size, T.InterpolationMode.BICUBIC), T.CenterCrop(size)])(img)).float()
+    assert (bicubic - reference).abs().max() > 5, "the check tells bicubic apart"
+
+
+def test_clipa_protocol_fine_tune_stages_resize_directly():
+    img = Image.fromarray(samples.chelsea())
+    ours = EvalTransform(224, "resize", fast_decode=False)(_png(img)).float()
+    assert (ours - _antialiased_bilinear(img, 224, 224)).abs().max() <= 1.5
+
+
+def test_clipa_sizes_round_half_to_even():
+    assert clipa_short_side(5, 2, 1) == (2, 1)  # 2.5 -> 2
+    assert clipa_short_side(7, 2, 1) == (4, 1)  # 3.5 -> 4
+    assert clipa_short_side(451, 300, 84) == (126, 84)
 
 
 def test_normalize_matches_torchvision():

@@ -1,4 +1,4 @@
-"""FLOP and parameter counts against open_clip's published profile, the spec's training figures,
+"""FLOP and parameter counts against open_clip's published profile, the quoted training figures (docs/cost.md),
 open_clip's own models (on meta) and torch's FLOP counter on real forwards."""
 import json
 
@@ -26,14 +26,14 @@ def test_gflops_match_open_clip_profile(name):
 
 @pytest.mark.parametrize(
     "name, size, text_len, gflops",
-    [  # spec section 5: training GFLOPs per sample, class token left out
+    [  # docs/cost.md: training GFLOPs per sample, class token left out
         ("ViT-H-14-CLIPA", 84, 8, 151), ("ViT-H-14-CLIPA", 224, 32, 1058), ("ViT-H-14-CLIPA", 336, 32, 2398),
         ("ViT-bigG-14-CLIPA", 84, 8, 429), ("ViT-bigG-14-CLIPA", 224, 32, 3012), ("ViT-bigG-14-CLIPA", 336, 32, 6803),
     ],
 )
-def test_training_flops_match_the_spec(name, size, text_len, gflops):
+def test_training_flops_match_the_quoted_figures(name, size, text_len, gflops):
     got = train_flops(name, image_size=size, text_len=text_len, class_token=False) / 1e9
-    assert got == pytest.approx(gflops, rel=5e-3)  # the spec rounds to whole GFLOPs
+    assert got == pytest.approx(gflops, rel=5e-3)  # quoted in whole GFLOPs
 
 
 def _matmul_attention(q, k, v):

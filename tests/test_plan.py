@@ -1,5 +1,5 @@
-"""`clipav2 plan`: issue 6's figures for h14 and bigg14, FLOPs against the spec's closed form,
-the cost columns of issue 7, and bad input."""
+"""`clipav2 plan`: the recipe figures of h14 and bigg14 (arXiv 2306.15658 and the clipa_jax
+configs), FLOPs against the closed form (docs/cost.md), the cost columns, and bad input."""
 import json
 
 import pytest
@@ -14,7 +14,7 @@ def _plan(capsys, *argv):
 
 
 def _closed_form_train_flops(arch, image_size, kept, text_len):
-    """Spec section 5: 3 x forward; per block 2T(4d^2 + 2dm) + 4T^2 d; the patch embedding over all
+    """3 x forward; per block 2T(4d^2 + 2dm) + 4T^2 d; the patch embedding over all
     n patches; the class token rides along (T = kept + 1); the two heads 2 d e each."""
     def blocks(depth, t, d, m):
         return depth * (2 * t * (4 * d * d + 2 * d * m) + 4 * t * t * d)
@@ -26,7 +26,7 @@ def _closed_form_train_flops(arch, image_size, kept, text_len):
     return 3 * (image + text)
 
 
-def test_h14_plan_matches_issue_6(capsys):
+def test_h14_plan_matches_the_recipe_figures(capsys):
     doc = _plan(capsys, "configs/h14.yaml")
     stages = doc["stages"]
     assert [s["name"] for s in stages] == ["pretrain", "finetune224", "finetune336"]
@@ -43,11 +43,11 @@ def test_h14_plan_matches_issue_6(capsys):
         per_sample = _closed_form_train_flops(arch, s["image_size"], s["kept_image_tokens"], s["text_len"])
         assert s["train_flops"] == pytest.approx(per_sample * s["samples"], rel=1e-9)
     assert doc["total_train_flops"] == sum(s["train_flops"] for s in stages)
-    # spec section 5 quotes H/14 @84 T8 at ~151 training GFLOPs per sample (no class token)
+    # H/14 @84 T8 is usually quoted at ~151 training GFLOPs per sample (no class token; docs/cost.md)
     assert stages[0]["train_flops_per_sample"] / 1e9 == pytest.approx(151, rel=0.03)
 
 
-def test_bigg14_plan_matches_issue_6(capsys):
+def test_bigg14_plan_matches_the_recipe_figures(capsys):
     stages = _plan(capsys, "configs/bigg14.yaml")["stages"]
     assert [s["steps"] for s in stages] == [195_490, 32_000, 8_000]
     assert [s["global_batch"] for s in stages] == [65_536, 16_384, 16_384]

@@ -1,5 +1,6 @@
-"""The recipes in configs/ carry every figure of spec section 3 (CLIPA-v2) and of the CLIPA v1
-scripts (clipa-seed.md), and load without data (data.train is a placeholder)."""
+"""The recipes in configs/ carry every figure of the CLIPA-v2 schedules (arXiv 2306.15658; the
+clipa_jax/configs/model_* files) and of the CLIPA v1 scripts (clipa_torch/scripts/exp/gpu), and
+load without data (data.train is a placeholder)."""
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from clipav2.models.arch import ARCHITECTURES
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRE, FT224, FT336 = 12_811_670_000, 524_288_000, 131_072_000
 
-# spec section 3: (image px, reduction, mask ratio, text len, text reduction, samples, batch, steps, peak LR, warmup)
+# clipa_jax/configs/model_h: (image px, reduction, mask ratio, text len, text reduction, samples, batch, steps, peak LR, warmup)
 H14 = [(84, "resize", 0.0, 8, "syntax", PRE, 65_536, 195_490, 2.048e-3, 3_200),
        (224, "random", 0.3, 32, "truncate", FT224, 32_768, 16_000, 5.12e-5, 800),
        (336, "random", 0.4, 32, "truncate", FT336, 16_384, 8_000, 6.4e-6, 1_600)]
@@ -54,9 +55,9 @@ def test_overrides_reach_every_recipe_stage_by_name():
 
 # CLIPA v1 (open_clip docs/script_examples/clipa): 8 GPUs; I = image tokens with the class token
 V1 = {
-    "b16_i50_t16.yaml": ("ViT-B-16-CLIPA", 50, 16, "truncate", 65_536, 2.048e-3, 782, 16, 8_192, 2.56e-5, 3_072),
-    "l16_i17_t16.yaml": ("ViT-L-16-CLIPA", 17, 16, "truncate", 32_768, 1.024e-3, 1_563, 16, 7_168, 2.24e-5, 3_571),
-    "l16_i37_t8.yaml": ("ViT-L-16-CLIPA", 37, 8, "syntax", 32_768, 1.024e-3, 1_563, 32, 7_168, 2.24e-5, 3_571),
+    "b16_i50_t16.yaml": ("ViT-B-16-CL16", 50, 16, "truncate", 65_536, 2.048e-3, 782, 16, 8_192, 2.56e-5, 3_072),
+    "l16_i17_t16.yaml": ("ViT-L-16-CL16-Syntax-GAP", 17, 16, "syntax", 32_768, 1.024e-3, 1_563, 16, 7_168, 2.24e-5, 3_571),
+    "l16_i37_t8.yaml": ("ViT-L-16-CL8-Syntax-GAP", 37, 8, "syntax", 32_768, 1.024e-3, 1_563, 32, 7_168, 2.24e-5, 3_571),
 }
 
 
@@ -74,3 +75,8 @@ def test_clipa_v1_recipes_carry_the_script_figures(name):
     assert (ft.image_size, ft.text_len, ft.samples, ft.global_batch, ft.warmup_steps) == (224, ft_tl, 131_072_000, ft_batch, ft_warmup)
     assert ft.peak_lr == pytest.approx(ft_lr, rel=1e-12)
     assert ft.global_batch % 8 == 0 and cfg.parallel.strategy == "ddp"
+    # clipa_torch's model, tokenizer, decay, positions and crop (scripts: --pos-embed, --model)
+    assert ARCHITECTURES[model].init == "open_clip" and (cfg.model.pos_embed, cfg.model.gelu, cfg.model.ln_eps) == ("sincos_open_clip", "exact", 1e-5)
+    assert {s.tokenizer_mode for s in cfg.stages} == {"clip_bpe"} and {s.weight_decay_rule for s in cfg.stages} == {"matrices"}
+    assert (pre.pos_embed, ft.pos_embed, ft.text_reduction) == (None, "learned", "truncate")
+    assert {s.augment.crop_interpolation for s in cfg.stages} == {"bicubic"}

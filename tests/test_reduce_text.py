@@ -25,12 +25,13 @@ def shared_cache(tmp_path_factory):
         yield
 
 
-@pytest.mark.parametrize("name", ["truncate", "random", "block", "syntax"])
+@pytest.mark.parametrize("name", ["truncate", "random", "block", "syntax", "syntax_pieces"])
 @pytest.mark.parametrize("n, k", CASES)
 def test_count_and_order(name, n, k):
     pieces = list(range(100, 100 + n))
     prios = [random.Random(n).randint(1, 4) for _ in pieces]
-    kept = reduce_text.REDUCTIONS[name](pieces, k, rng=random.Random(0), priorities=prios)
+    extra = {"words": [i // 2 for i in range(n)]} if name == "syntax" else {}
+    kept = reduce_text.REDUCTIONS[name](pieces, k, rng=random.Random(0), priorities=prios, **extra)
     assert len(kept) == min(n, k)
     assert kept == sorted(set(kept)) and set(kept) <= set(pieces), "a subsequence: original order, no repeats"
     if n <= k:
@@ -56,12 +57,12 @@ def test_random_draws_repeat_per_seed_and_differ_across_seeds(name):
     assert len({tuple(fn(pieces, 10, rng=random.Random(s))) for s in range(20)}) > 10
 
 
-def test_syntax_keeps_the_highest_priorities_stably():
+def test_syntax_pieces_keeps_the_highest_priorities_stably():
     rng = random.Random(0)
     for _ in range(500):
         n, k = rng.randint(2, 60), rng.randint(1, 40)
         prios = [rng.randint(1, 4) for _ in range(n)]
-        kept = reduce_text.syntax(list(range(n)), k, priorities=prios)
+        kept = reduce_text.syntax_pieces(list(range(n)), k, priorities=prios)
         dropped = sorted(set(range(n)) - set(kept))
         assert not dropped or max(prios[i] for i in kept) <= min(prios[i] for i in dropped)
         cut = max(prios[i] for i in kept)
@@ -80,7 +81,7 @@ def _transform(reduction, length=8, mode="clipa", name="pretrain", seed=0):
     return make_text_transform(stage, seed=seed)
 
 
-@pytest.mark.parametrize("reduction", ["truncate", "random", "block", "syntax", "syntax_context"])
+@pytest.mark.parametrize("reduction", ["truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context"])
 @pytest.mark.parametrize("length, mode", [(8, "clipa"), (16, "open_clip"), (32, "clipa")])
 def test_transform_rows(reduction, length, mode):
     t = _transform(reduction, length, mode)
@@ -112,8 +113,8 @@ def test_transform_is_seeded_per_sample(reduction):
         assert sum(not torch.equal(a, b) for a, b in zip(first, variant)) > 25
 
 
-def test_vocabulary_syntax_keeps_pieces_that_outrank_the_dropped():
-    t = _transform("syntax", 8)
+def test_vocabulary_syntax_pieces_keeps_pieces_that_outrank_the_dropped():
+    t = _transform("syntax_pieces", 8)
     longer = 0
     for i, caption in enumerate(CAPTIONS):
         pieces = t.tokenizer.encode(caption)
@@ -132,17 +133,17 @@ def test_vocabulary_syntax_keeps_pieces_that_outrank_the_dropped():
 def test_context_syntax_keeps_pieces_that_outrank_the_dropped():
     t = _transform("syntax_context", 8)
     for i, caption in enumerate(CAPTIONS[:120]):
-        encoding = t.tokenizer.encoding(caption)
+        encoding, _ = t.tokenizer.encoding(caption)
         if len(encoding.ids) <= 7:
             continue
         prios = context_priorities(caption, encoding.offsets)
-        kept = reduce_text.syntax(list(range(len(prios))), 7, priorities=prios)
+        kept = reduce_text.syntax_pieces(list(range(len(prios))), 7, priorities=prios)
         assert [encoding.ids[i] for i in kept] == t.kept(caption, str(i))
         dropped = set(range(len(prios))) - set(kept)
         assert max(prios[i] for i in kept) <= min(prios[i] for i in dropped)
 
 
-@pytest.mark.parametrize("reduction", ["random", "block", "syntax", "syntax_context"])
+@pytest.mark.parametrize("reduction", ["random", "block", "syntax", "syntax_pieces", "syntax_context"])
 def test_bad_captions_through_every_reduction(reduction):
     t = _transform(reduction, 8)
     for caption in ["", "  ", b"\xff\xfe bad \xc3 bytes", "dog " * 25_000, "🐶 " * 50, "собака бежит по снегу " * 3]:
@@ -177,3 +178,12 @@ def test_reduction_settings_are_config_errors(tmp_path, override, key):
     )
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(recipe, [override])
+
+
+@pytest.mark.parametrize("reduction", ["syntax", "syntax_pieces", "syntax_context"])
+def test_every_syntax_variant_is_a_valid_stage_setting(tmp_path, reduction):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: tiny}\nstages:\n  - {name: s, image_size: 32, samples: 100, global_batch: 10}\n")
+    assert load_config(recipe, [f"stages.s.text_reduction={reduction}"]).stages[0].text_reduction == reduction
+    with pytest.raises(ConfigError, match=r"eval\.protocol"):
+        load_config(recipe, ["eval.protocol=big_vision"])

@@ -3,13 +3,12 @@ the vocabulary's hash, English only), missing NLTK data, and `syntax_context` ag
 syntax-mask tokenizer on words."""
 import functools
 import os
-import random
 import shutil
 
 import nltk
 import pytest
 
-from clipav2.reduce.text import syntax as keep_by_priority
+from clipav2.reduce.text import syntax_pieces as keep_by_priority
 from clipav2.text import Tokenizer, syntax
 from clipav2.text.captions import generate_captions
 
@@ -32,13 +31,8 @@ def tok():
 def test_table_is_pos_tag_of_each_entry_alone(tok):
     table = syntax.vocab_priorities(tok.entries, tok.vocab_hash)
     assert len(table) == tok.vocab_size
-    tags = {"NN": 1, "JJ": 2, "VB": 3}
-    for i in random.Random(0).sample(range(tok.vocab_size), 300) + [3899, 2417, 2770, 1996]:  # dog red running the
-        entry = tok.entries[i]
-        word = entry[2:] if entry.startswith("##") and len(entry) > 2 else entry
-        (_, tag), = nltk.pos_tag([word])
-        assert table[i] == tags.get(tag[:2], 4), entry
-    assert [table[i] for i in (3899, 2417, 1996)] == [1, 2, 4]
+    assert [table[i] for i in (3899, 2417, 2770, 1996)] == [1, 2, 3, 4]  # dog red running the
+    # the full rule against upstream's code is in test_text_syntax_clipa.py
 
 
 def test_table_is_cached_by_vocabulary_hash(tok, tmp_path, monkeypatch):
@@ -139,7 +133,7 @@ def test_context_tagging_keeps_open_clips_words(open_clip_syntax, monkeypatch):
 
 def test_context_priorities_follow_words_to_their_pieces(tok):
     caption = 'A "vintage" red car\'s sunflowers, close-up'
-    encoding = tok.encoding(caption)
+    encoding, _ = tok.encoding(caption)
     prios = syntax.context_priorities(caption, encoding.offsets)
     words, word_prios = syntax.tag_words(caption)
     by_word = dict(zip(words, word_prios))

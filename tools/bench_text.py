@@ -24,7 +24,7 @@ from clipav2.config import StageConfig  # noqa: E402
 from clipav2.text import make_text_transform  # noqa: E402
 from clipav2.text.captions import generate_captions  # noqa: E402
 
-REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_context")
+REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 
 
 def best_rate(run, captions, repeats: int) -> float:

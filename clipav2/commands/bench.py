@@ -24,6 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first: compilation, autotuning (default 3)")
     parser.add_argument("--micro-batch", help="per-GPU micro-batch, or 'auto': the largest that fits (short search)")
     parser.add_argument("--search-max", type=int, default=4096, help="upper end of the --micro-batch auto search")
+    parser.add_argument("--search-probes", type=int, default=8, help="most micro-batches the auto search tries (each builds the model)")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per timed optimizer step (default 1)")
     parser.add_argument("--strategy", choices=STRATEGIES, help="override parallel.strategy")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
@@ -37,7 +38,7 @@ def add_arguments(parser) -> None:
 
 
 def _check_args(args) -> None:
-    for name in ("steps", "grad_accum", "search_max"):
+    for name in ("steps", "grad_accum", "search_max", "search_probes"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -75,7 +76,8 @@ def main(args) -> int:
         from clipav2.perf.bench import BenchOptions, load_bench_config
 
         opts = BenchOptions(steps=args.steps, warmup=args.warmup, grad_accum=args.grad_accum, data=args.data,
-                            baseline=args.baseline, peak_tflops=args.peak_tflops, search_max=args.search_max)
+                            baseline=args.baseline, peak_tflops=args.peak_tflops, search_max=args.search_max,
+                            search_probes=args.search_probes)
         flags = dict(strategy=args.strategy, compile=args.compile, attention=args.attention,
                      checkpointing=args.checkpointing)
         micro = None if args.micro_batch in (None, "auto") else int(args.micro_batch)

@@ -82,6 +82,7 @@ def main(args) -> int:
     import torch
 
     from clipav2.eval.run import describe, evaluate
+    from clipav2.eval.sets import ClassMismatch
     from clipav2.models.convert import load_model
     from clipav2.train.stages import enter_stage
 
@@ -97,7 +98,11 @@ def main(args) -> int:
         print(f"clipav2 eval: --checkpoint: {' '.join(str(e).split())}", file=sys.stderr)
         return exitcodes.CONFIG
     enter_stage(model, stage)
-    result = evaluate(model.to(device), cfg, stage, device)
+    try:
+        result = evaluate(model.to(device), cfg, stage, device)
+    except ClassMismatch as e:
+        print(f"clipav2 eval: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "stage": stage.name, **result}))
     else:

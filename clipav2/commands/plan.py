@@ -1,4 +1,4 @@
-"""`clipav2 plan CONFIG [key=value ...] [--json] [--gpu h100 --gpus 64 (--mfu 0.45 | --samples-per-s X) --price P]`
+"""`clipav2 plan CONFIG [key=value ...] [--json | --resolved] [--gpu h100 --gpus 64 (--mfu 0.45 | --samples-per-s X) --price P]`
 
 Per stage: image size, kept image tokens, text length, samples, global batch, steps, warmup, peak
 LR and training FLOPs; with an accelerator, GPU-hours, wall time and dollars against the budget.
@@ -14,6 +14,8 @@ def add_arguments(parser):
     parser.add_argument("config", help="recipe YAML, e.g. configs/h14.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.pretrain.samples=4096")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--resolved", action="store_true",
+                        help="print the recipe flattened (base, stage_defaults and overrides applied) as YAML, as RUN_DIR/config.yaml holds it")
     parser.add_argument("--gpu", help="accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3); default cost.gpu of the recipe")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 8)")
     rate = parser.add_mutually_exclusive_group()
@@ -73,7 +75,21 @@ def _text(doc) -> str:
     return "\n".join(lines)
 
 
+def _print_resolved(args) -> int:
+    from clipav2.config import to_yaml
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"clipav2 plan: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+    print(to_yaml(cfg), end="")
+    return exitcodes.OK
+
+
 def main(args) -> int:
+    if args.resolved:
+        return _print_resolved(args)
     from clipav2.cost.plan import plan
     from clipav2.cost.prices import PriceError
 

@@ -1,6 +1,7 @@
-"""`clipav2 text preview --reduction NAME --length L [--seed S] [--json] CAPTION...`: what a
-stage's text transform keeps of each caption (the word pieces after [CLS], in order).
-Caption i is drawn with sample key "i", so --seed and the order reproduce a preview exactly."""
+"""`clipav2 text preview --reduction NAME|all --length L [--seed S] [--json] CAPTION...`: what a
+stage's text transform keeps of each caption (the word pieces after [CLS], in order); `all` shows
+every reduction, one line each. Caption i is drawn with sample key "i", so --seed and the order
+reproduce a preview exactly."""
 import json
 import sys
 
@@ -11,7 +12,7 @@ from clipav2.config import TEXT_REDUCTIONS, TOKENIZER_MODES, StageConfig
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     preview = sub.add_parser("preview", help="show the word pieces a text reduction keeps")
-    preview.add_argument("--reduction", required=True, choices=TEXT_REDUCTIONS)
+    preview.add_argument("--reduction", required=True, choices=(*TEXT_REDUCTIONS, "all"))
     preview.add_argument("--length", type=int, required=True, help="text length L, [CLS] included")
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--mode", choices=TOKENIZER_MODES, default="clipa", help="clipa: L-1 pieces; open_clip: L-2")
@@ -28,19 +29,24 @@ def main(args) -> int:
     if args.length < 2:
         print(f"clipav2 text preview: --length {args.length} must be >= 2 ([CLS] plus one piece)", file=sys.stderr)
         return exitcodes.CONFIG
-    stage = StageConfig(name="preview", text_len=args.length, text_reduction=args.reduction, tokenizer_mode=args.mode)
+    names = TEXT_REDUCTIONS if args.reduction == "all" else (args.reduction,)
     try:
-        transform = make_text_transform(stage, vocab=args.vocab, seed=args.seed)
+        transforms = {name: make_text_transform(StageConfig(name="preview", text_len=args.length, text_reduction=name,
+                                                            tokenizer_mode=args.mode), vocab=args.vocab, seed=args.seed)
+                      for name in names}
     except (ValueError, VocabNotFound, NltkDataMissing) as e:
         print(f"clipav2 text preview: {e}", file=sys.stderr)
         return exitcodes.CONFIG
     rows = []
     for i, caption in enumerate(args.captions):
-        ids = transform.kept(caption, str(i))
-        rows.append({"caption": caption, "pieces": transform.tokenizer.id_to_piece(ids), "ids": ids})
+        for name, transform in transforms.items():
+            ids = transform.kept(caption, str(i))
+            rows.append({"caption": caption, "reduction": name, "pieces": transform.tokenizer.id_to_piece(ids), "ids": ids})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
+        width = max(map(len, names)) if len(names) > 1 else 0
         for row in rows:
-            print(" ".join(row["pieces"]))
+            label = f"{row['reduction']:<{width}}  " if width else ""
+            print(label + " ".join(row["pieces"]))
     return exitcodes.OK

@@ -1,4 +1,4 @@
-"""The CLIPA-v2 paper's cost table (arXiv 2306.15658; spec section 4): A100-80GB hours estimated
+"""The CLIPA-v2 paper's cost table (arXiv 2306.15658): A100-80GB hours estimated
 for its TPU runs, priced at $1.575 per A100-hour. The budget report compares a run with the row
 that matches its recipe (model + stage resolutions)."""
 from __future__ import annotations

@@ -7,7 +7,11 @@ still covers at least S x S decoded pixels, and the box is divided by the same f
 crop's field of view is unchanged: only the decoded resolution is lower. The crop and resize are
 one PIL `resize(box=...)` (bilinear, antialiased when shrinking).
 
-Evaluation: resize the short side + centre crop, or a direct resize (torchvision functional).
+Evaluation (`EvalTransform`): resize the short side + centre crop, or a direct resize, as the
+zero-shot protocol does it (docs/eval.md): `clipa` as big_vision's `resize_small` / `central_crop`
+/ `resize` ops (bilinear, antialiased: PIL's bilinear filter widens with the scale factor as
+tf.image.resize's antialias does; sizes rounded half-to-even in float32, the crop offset floored),
+`open_clip` as open_clip's eval transform (torchvision bicubic short side + centre crop).
 Normalisation (ImageNet mean/std) happens later, on the device: `normalize`.
 """
 from __future__ import annotations
@@ -95,12 +99,14 @@ class TrainTransform:
     grayscale_p: float = 0.2
     hflip_p: float = 0.0
     fast_decode: bool = True
+    interpolation: str = "bilinear"  # of the crop's resize: bilinear (JAX) | bicubic (open_clip)
 
     @classmethod
     def from_stage(cls, stage, fast_decode: bool = True) -> "TrainTransform":
         a = stage.augment
         return cls(stage.image_size, tuple(a.crop_scale), tuple(a.crop_ratio), a.random_resized_crop,
-                   tuple(a.color_jitter), a.color_jitter_p, a.grayscale_p, a.hflip_p, fast_decode)
+                   tuple(a.color_jitter), a.color_jitter_p, a.grayscale_p, a.hflip_p, fast_decode,
+                   a.crop_interpolation)
 
     def __call__(self, data: bytes, rng: random.Random) -> torch.Tensor:
         """Encoded image bytes -> uint8 (3, size, size). Raises BadRecord for bad images."""
@@ -111,7 +117,8 @@ class TrainTransform:
             box = center_square_box(*img.size)
         if self.fast_decode:
             img, box = draft(img, box, self.size)
-        img = load_rgb(img).resize((self.size, self.size), Image.BILINEAR, box=box)
+        resample = Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR
+        img = load_rgb(img).resize((self.size, self.size), resample, box=box)
         return to_tensor_uint8(self.photometric(img, rng))
 
     def photometric(self, img: Image.Image, rng: random.Random) -> Image.Image:
@@ -135,15 +142,24 @@ class TrainTransform:
         return img
 
 
+def clipa_short_side(width: int, height: int, size: int) -> tuple[int, int]:
+    """big_vision's resize_small: both sides scaled by size / short side in float32, rounded half to even."""
+    ratio = np.float32(size) / np.float32(min(width, height))
+    return int(np.round(np.float32(width) * ratio)), int(np.round(np.float32(height) * ratio))
+
+
 @dataclass
 class EvalTransform:
     size: int
     kind: str = "center_crop"  # center_crop: short side to size, then centre crop | resize: to size x size
     fast_decode: bool = True
+    protocol: str = "clipa"  # clipa: bilinear, antialiased (big_vision's ops) | open_clip: bicubic (torchvision)
 
     def __post_init__(self):
         if self.kind not in ("center_crop", "resize"):
             raise ValueError(f"eval transform {self.kind!r} is not one of center_crop, resize")
+        if self.protocol not in ("clipa", "open_clip"):
+            raise ValueError(f"eval protocol {self.protocol!r} is not one of clipa, open_clip")
 
     def __call__(self, data: bytes) -> torch.Tensor:
         img = open_image(data)
@@ -151,8 +167,12 @@ class EvalTransform:
             side = min(img.size)  # both kinds need the short side to stay >= size
             img, _ = draft(img, (0, 0, side, side), self.size)
         img = load_rgb(img)
-        if self.kind == "center_crop":
+        if self.protocol == "open_clip":
             img = TF.center_crop(TF.resize(img, self.size, TF.InterpolationMode.BICUBIC), self.size)
+        elif self.kind == "center_crop":
+            img = img.resize(clipa_short_side(*img.size, self.size), Image.BILINEAR)
+            left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
         else:
-            img = TF.resize(img, [self.size, self.size], TF.InterpolationMode.BICUBIC)
+            img = img.resize((self.size, self.size), Image.BILINEAR)
         return to_tensor_uint8(img)

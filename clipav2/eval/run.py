@@ -1,39 +1,38 @@
-"""Evaluate a model the way a stage is evaluated: the stage's image size and eval transform
-(pre-training: short side + centre crop; fine-tuning: direct resize), prompts tokenized at the
-stage's text length and tokenizer mode."""
+"""Evaluate a model the way a stage is evaluated, under the config's `eval.protocol`
+(`clipav2.eval.protocol`, docs/eval.md): the stage's image size and eval transform (pre-training:
+short side + centre crop; fine-tuning: direct resize), prompts tokenized at the stage's text
+length, tokenizer mode and (clipa) text reduction."""
 from __future__ import annotations
 
 import torch
 
-from clipav2.eval import retrieval, sets, zeroshot
+from clipav2.eval import protocol, retrieval, sets, zeroshot
 
 
 def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None) -> dict:
     """{"zero_shot": {...top1, top5, n, classes, chance}, "retrieval": {...R@k}} for the sets
     given (default: the config's data.eval / data.retrieval). `model` is a plain CLIP module."""
     from clipav2.data import normalize
-    from clipav2.text import tokenize
 
     classify_path = classify_path or cfg.data.eval
     retrieval_path = retrieval_path or cfg.data.retrieval
-
-    def tok(texts):
-        return tokenize(texts, stage.text_len, stage.tokenizer_mode, vocab=cfg.data.vocab)
+    how = cfg.eval.protocol
+    tok = protocol.prompt_tokenizer(how, stage, vocab=cfg.data.vocab, seed=cfg.seed)
+    kind = protocol.image_kind(how, stage.eval_transform)
 
     out = {}
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         if classify_path:
-            names = sets.classnames(cfg.data.eval_classnames, classify_path)
-            prompts = sets.templates(cfg.data.eval_templates, classify_path)
+            names, prompts = protocol.zero_shot_prompts(how, cfg.data.eval_classnames, cfg.data.eval_templates, classify_path)
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
-            batches = sets.classification_batches(classify_path, stage.image_size, stage.eval_transform,
-                                                  cfg.eval.batch_size, cfg.data.workers)
+            batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
+                                                  cfg.data.workers, protocol=how, classes=len(names))
             result = zeroshot.classify(model, batches, classes, normalize, device)
             out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names)}
         if retrieval_path:
-            batches = sets.retrieval_batches(retrieval_path, stage.image_size, stage.eval_transform,
-                                             cfg.eval.batch_size, tok, cfg.data.workers)
+            batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
+                                             cfg.eval.batch_size, tok, cfg.data.workers, protocol=how)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
             out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0]}
     return out

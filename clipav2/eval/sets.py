@@ -50,6 +50,10 @@ def _image_of(record: dict):
     return None
 
 
+class ClassMismatch(ValueError):
+    """The class names given do not fit the evaluation set's labels."""
+
+
 class _ShardRecords(IterableDataset):
     """(uint8 image, target) per good record of the shards, split across loader workers."""
 
@@ -79,10 +83,11 @@ class _Folder(IterableDataset):
     def __init__(self, root, transform):
         from torchvision.datasets.folder import make_dataset
 
-        classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
-        if not classes:
+        self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        if not self.classes:
             raise ValueError(f"{root}: no class sub-directories")
-        self.samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=tuple("." + e for e in IMAGE_EXTS))
+        self.samples = make_dataset(str(root), {c: i for i, c in enumerate(self.classes)},
+                                    extensions=tuple("." + e for e in IMAGE_EXTS))
         self.transform = transform
 
     def __iter__(self):
@@ -100,19 +105,45 @@ def _int_label(record):
         return None
 
 
-def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0):
-    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder."""
+def check_classes(path: str, classes: int, folder_classes: int | None = None) -> None:
+    """The class names must fit the set: as many as an ImageFolder's class directories, or as the
+    `classnames.txt` stored beside labelled shards."""
+    beside = Path(path if Path(path).is_dir() else Path(path).parent) / "classnames.txt"
+    found = folder_classes if folder_classes is not None else len(_lines(beside)) if beside.is_file() else None
+    if found is not None and found != classes:
+        where = "class directories" if folder_classes is not None else f"names in {beside}"
+        raise ClassMismatch(f"zero-shot: {classes} class names given (data.eval_classnames) but the evaluation set "
+                            f"{path} has {found} {where}")
+
+
+def _checked_labels(batches, classes: int, path: str):
+    for images, labels in batches:
+        if labels.numel() and int(labels.max()) >= classes:
+            raise ClassMismatch(f"zero-shot: the evaluation set {path} has label {int(labels.max())} but only "
+                                f"{classes} class names are given (data.eval_classnames)")
+        yield images, labels
+
+
+def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,
+                           protocol: str = "clipa", classes: int | None = None):
+    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder;
+    with `classes`, a set whose classes do not fit that many names is a `ClassMismatch`."""
     from clipav2.data import EvalTransform, expand_urls
 
-    transform = EvalTransform(image_size, kind)
+    transform = EvalTransform(image_size, kind, protocol=protocol)
     if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
         dataset = _Folder(path, transform)
     else:
         dataset = _ShardRecords(expand_urls(path), transform, _int_label)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    if classes is None:
+        return loader
+    check_classes(path, classes, len(dataset.classes) if isinstance(dataset, _Folder) else None)
+    return _checked_labels(loader, classes, path)
 
 
-def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0):
+def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0,
+                      protocol: str = "clipa"):
     """Batches of (uint8 images, token ids) from captioned shards (caption = `txt`)."""
     from clipav2.data import EvalTransform, expand_urls
 
@@ -120,7 +151,7 @@ def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, to
         raw = record.get("txt")
         return raw.decode("utf-8", "replace") if raw is not None else None
 
-    dataset = _ShardRecords(expand_urls(path), EvalTransform(image_size, kind), caption)
+    dataset = _ShardRecords(expand_urls(path), EvalTransform(image_size, kind, protocol=protocol), caption)
 
     def collate(items):
         images, captions = zip(*items)

@@ -63,20 +63,27 @@ class Attention(nn.Module):
     """Multi-head self-attention with a fused, biased qkv projection (open_clip's in_proj layout:
     rows are [q; k; v], each head-major) and a biased output projection."""
 
-    def __init__(self, width: int, heads: int, backend: str = "sdpa"):
+    def __init__(self, width: int, heads: int, backend: str = "sdpa", causal: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
+        self.causal = causal  # CLIP's text tower (CLIPA v1); runs on sdpa only
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.set_backend(backend)
 
     def set_backend(self, backend: str) -> None:
+        if self.causal and backend != "sdpa":
+            raise ValueError(f"causal attention (the CLIP text tower) runs on sdpa only, not {backend!r}")
         self.backend = backend
         self.attend = get_attention(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        if self.causal:
+            q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.proj(out.transpose(1, 2).reshape(b, t, d))
         return self.proj(self.attend(q, k, v).reshape(b, t, d))

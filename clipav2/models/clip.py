@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipav2.models.arch import ClipArch, get_arch
+from clipav2.models.init import init_weights
 from clipav2.models.text import TextTower
 from clipav2.models.transformer import checkpoint_flags
 from clipav2.models.vision import VisionTower
@@ -15,8 +16,9 @@ from clipav2.models.vision import VisionTower
 class CLIP(nn.Module):
     """`forward(images, ids, keep=None) -> (image_emb, text_emb, logit_scale.exp())`, both
     embeddings L2-normalised. `logit_scale` is a 0-d parameter in log space, initialised to
-    log(1/0.07) and not clamped here (JAX does not clamp; open_clip clamps the scale at 100 in
-    its train loop): clamp in the trainer if wanted. Its exp is computed in fp32."""
+    log(1/0.07). JAX (CLIPA-v2) does not clamp it; architectures with `logit_scale_max` (CLIPA v1,
+    open_clip's train loop: 100) clamp it to [0, log max] in place before each use. Its exp is
+    computed in fp32."""
 
     def __init__(self, arch: ClipArch):
         super().__init__()
@@ -27,29 +29,10 @@ class CLIP(nn.Module):
         if not self.text.token_embed.weight.is_meta:
             self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
-        """CLIPA / big_vision initialisation: xavier-uniform block matrices with zero biases,
-        lecun-normal patch convolution, zero class token, N(0, width^-0.5) heads and learned image
-        table, N(0, 0.02) token and N(0, 0.01) text position embeddings."""
-        for tower in (self.visual, self.text):
-            for block in tower.blocks:
-                for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
-                    nn.init.xavier_uniform_(lin.weight)
-                    nn.init.zeros_(lin.bias)
-                for norm in (block.norm1, block.norm2):
-                    norm.reset_parameters()
-            tower.norm.reset_parameters()
-            nn.init.normal_(tower.head.weight, std=tower.head.in_features**-0.5)
-        w = self.visual.patch_embed.weight
-        nn.init.normal_(w, std=(w[0].numel()) ** -0.5)
-        nn.init.zeros_(self.visual.class_token)
-        if isinstance(self.visual.pos_embed, nn.Parameter):
-            nn.init.normal_(self.visual.pos_embed, std=self.visual.pos_embed.shape[1] ** -0.5)
-        self.visual.reset_buffers()
-        nn.init.normal_(self.text.token_embed.weight, std=0.02)
-        nn.init.normal_(self.text.pos_embed, std=0.01)
-        self.logit_scale.fill_(math.log(1 / 0.07))
+        """Random initialisation by the rule of the architecture's upstream code base
+        (`arch.init`, see clipav2.models.init)."""
+        init_weights(self)
 
     def encode_image(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised float NCHW images; `keep` (B, K) LongTensor of kept patch indices
@@ -60,12 +43,22 @@ class CLIP(nn.Module):
         return F.normalize(self.text(ids), dim=-1)
 
     def forward(self, images, ids, keep=None):
+        if self.arch.logit_scale_max is not None:
+            # open_clip clamps the parameter in place after each step; clamping before its next
+            # use is the same under single/DDP (FSDP/ZeRO clamp the gathered copy they compute with)
+            with torch.no_grad():
+                self.logit_scale.data.clamp_(0, math.log(self.arch.logit_scale_max))
         return self.encode_image(images, keep), self.encode_text(ids), self.logit_scale.float().exp()
 
     # Stage transitions and runtime options; they keep `self.arch` true.
     def set_image_size(self, px: int) -> None:
         self.visual.set_image_size(px)
         self.arch = dataclasses.replace(self.arch, vision=dataclasses.replace(self.arch.vision, image_size=px))
+
+    def make_pos_embed_learnable(self) -> None:
+        """A fixed sin-cos image table becomes a learned one with the same values."""
+        self.visual.make_pos_embed_learnable()
+        self.arch = dataclasses.replace(self.arch, vision=dataclasses.replace(self.arch.vision, pos_embed="learned"))
 
     def set_text_len(self, length: int) -> None:
         self.text.set_text_len(length)

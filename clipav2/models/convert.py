@@ -32,6 +32,7 @@ _TOP = [
     ("text.pos_embed", "positional_embedding"),
     ("text.head.weight", "text_projection"),
     ("visual.norm.", "visual.ln_post."),
+    ("visual.norm_pre.", "visual.ln_pre."),  # CLIPA v1 (clipa_torch) and stock open_clip ViTs
     ("text.norm.", "ln_final."),
     ("visual.blocks.", "visual.transformer.resblocks."),
     ("text.blocks.", "transformer.resblocks."),
@@ -165,7 +166,7 @@ def from_open_clip(source, name: str, **overrides) -> CLIP:
         shape["context_length"] = ours["text.pos_embed"].shape[0]
     size, length = overrides.pop("image_size", None), overrides.pop("context_length", None)
     arch = get_arch(name, **{**OPEN_CLIP_CHOICES, **shape, **overrides})
-    if arch.vision.pos_embed == "sincos":  # asked for explicitly: the stored table is not used
+    if arch.vision.pos_embed != "learned":  # a fixed sin-cos kind asked for: the stored table is not used
         ours.pop("visual.pos_embed", None)
     return _finish(_build_and_load(arch, ours), size, length)
 

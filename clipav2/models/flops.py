@@ -1,11 +1,11 @@
-"""Analytic FLOP count per sample (the spec's section 5 formula, shared by metrics, MFU and cost)
+"""Analytic FLOP count per sample (shared by metrics, MFU and cost; docs/cost.md)
 and parameter counts built on the meta device (no weights allocated).
 
 Per block: 2*T*(4*d^2 + 2*d*m) matmul FLOPs plus 4*T^2*d for the attention scores and their
 product with the values; patch embedding 2*n*(3*p^2)*d over all n patches (kept tokens are selected
 after it); the two bias-free heads 2*d*embed each. Counting the class token (the model does compute
 it) reproduces open_clip's model_profile.csv: 167.50 / 354.02 / 1007.93 GFLOPs for L / H / bigG at
-224 px. The spec's training figures (H/14 @84 T8 = 151 GFLOPs, ...) leave it out:
+224 px. The training figures usually quoted (H/14 @84 T8 = 151 GFLOPs, ...) leave it out:
 `class_token=False`. LayerNorm, GELU, softmax and embedding look-ups are not counted (< 0.1%).
 """
 from clipav2.models.arch import ClipArch, get_arch

@@ -7,10 +7,24 @@ def sincos_2d(grid: int, width: int, device=None) -> torch.Tensor:
     """(1 + grid*grid, width) table: a zero row for the class token, then the JAX / big_vision
     `posemb_sincos_2d` rows in row-major patch order. Frequencies divide by D/4 - 1 (JAX), not
     D/4 (open_clip's own sin-cos), so the last frequency is exactly 1/10000."""
+    return _sincos_table(grid, width, divide_by_quarter_minus_one=True, device=device)
+
+
+def sincos_2d_open_clip(grid: int, width: int, device=None) -> torch.Tensor:
+    """(1 + grid*grid, width) table of open_clip / MAE `get_2d_sincos_pos_embed` (CLIPA v1's
+    `--pos-embed sin_cos_2d`): a zero class row, then per patch [sin, cos] of the column and
+    [sin, cos] of the row, frequencies 10000^(-k / (D/4)) (divided by D/4, not D/4 - 1)."""
+    return _sincos_table(grid, width, divide_by_quarter_minus_one=False, device=device)
+
+
+def _sincos_table(grid: int, width: int, divide_by_quarter_minus_one: bool, device) -> torch.Tensor:
+    """Both forms share the layout [sin x, cos x, sin y, cos y] (x: column, y: row) and differ
+    only in the frequency divisor."""
     if width % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {width}")
     quarter = width // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / (quarter - 1))
+    divisor = quarter - 1 if divide_by_quarter_minus_one else quarter
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / divisor)
     y, x = torch.meshgrid(
         torch.arange(grid, dtype=torch.float64, device=device),
         torch.arange(grid, dtype=torch.float64, device=device),

@@ -1,10 +1,12 @@
-"""The CLIPA text tower: 32,000-row token embedding, learned position table, bidirectional
-blocks with no mask at all (padding included), final LayerNorm, `last` pooling (the feature of the
-last position, usually a pad), bias-free projection."""
+"""The text tower: token embedding, learned position table, blocks, final LayerNorm, pool,
+bias-free projection. CLIPA-v2: 32,000-row WordPiece embedding, bidirectional blocks with no mask
+at all (padding included), `last` pooling (the feature of the last position, usually a pad).
+CLIPA v1 (CLIP): 49,408-row BPE embedding, causal blocks, `argmax` pooling (the position of the
+largest token id, the end-of-text token)."""
 import torch
 from torch import nn
 
-from clipav2.models.arch import ClipArch
+from clipav2.models.arch import TEXT_POOLS, ClipArch
 from clipav2.models.posembed import resample_1d
 from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
 
@@ -15,7 +17,11 @@ class TextTower(nn.Module):
         t = arch.text
         self.token_embed = nn.Embedding(t.vocab_size, t.width)
         self.pos_embed = nn.Parameter(torch.empty(t.context_length, t.width))
-        self.blocks = make_blocks(t.depth, t.width, t.heads, t.mlp, arch.gelu, arch.ln_eps, arch.attention)
+        if t.pool not in TEXT_POOLS:
+            raise ValueError(f"text pool must be one of {', '.join(TEXT_POOLS)}, got {t.pool!r}")
+        self.pool = t.pool
+        self.blocks = make_blocks(t.depth, t.width, t.heads, t.mlp, arch.gelu, arch.ln_eps, arch.attention,
+                                  causal=t.causal)
         self.checkpointing = checkpoint_flags(arch.checkpointing, t.depth)
         self.norm = nn.LayerNorm(t.width, eps=arch.ln_eps)
         self.head = nn.Linear(t.width, arch.embed_dim, bias=False)
@@ -40,4 +46,7 @@ class TextTower(nn.Module):
             )
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]].to(self.token_embed.weight.dtype)
         x = run_blocks(self.blocks, self.checkpointing, x)
-        return self.head(self.norm(x)[:, -1])
+        x = self.norm(x)
+        if self.pool == "last":
+            return self.head(x[:, -1])
+        return self.head(x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)])

@@ -21,10 +21,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp: int, gelu: str, ln_eps: float, attention: str):
+    def __init__(self, width: int, heads: int, mlp: int, gelu: str, ln_eps: float, attention: str,
+                 causal: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=ln_eps)
-        self.attn = Attention(width, heads, attention)
+        self.attn = Attention(width, heads, attention, causal=causal)
         self.norm2 = nn.LayerNorm(width, eps=ln_eps)
         self.mlp = Mlp(width, mlp, gelu)
 
@@ -33,8 +34,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def make_blocks(depth, width, heads, mlp, gelu, ln_eps, attention) -> nn.ModuleList:
-    return nn.ModuleList(Block(width, heads, mlp, gelu, ln_eps, attention) for _ in range(depth))
+def make_blocks(depth, width, heads, mlp, gelu, ln_eps, attention, causal=False) -> nn.ModuleList:
+    return nn.ModuleList(Block(width, heads, mlp, gelu, ln_eps, attention, causal) for _ in range(depth))
 
 
 def checkpoint_flags(mode: str, depth: int) -> list[bool]:

@@ -1,12 +1,16 @@
-"""The CLIPA image tower: bias-free patch convolution, class token, no LayerNorm before the
-blocks, pre-LN blocks, average pool over the patch tokens (class token excluded), LayerNorm,
-bias-free projection."""
+"""The image tower: bias-free patch convolution, class token, position table, optional LayerNorm
+before the blocks (open_clip's ln_pre; CLIPA-v2 has none), pre-LN blocks, a pool (CLIPA-v2: the
+average of the patch tokens; CLIPA v1: the class token, or clipa_torch's average over all tokens
+class token included), LayerNorm, bias-free projection."""
 import torch
 from torch import nn
 
-from clipav2.models.arch import ClipArch
-from clipav2.models.posembed import resample_grid, sincos_2d
+from clipav2.models.arch import IMAGE_POOLS, POS_EMBEDS, ClipArch
+from clipav2.models.posembed import resample_grid, sincos_2d, sincos_2d_open_clip
 from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
+
+
+_SINCOS = {"sincos": sincos_2d, "sincos_open_clip": sincos_2d_open_clip}
 
 
 def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -27,10 +31,14 @@ class VisionTower(nn.Module):
         self.class_token = nn.Parameter(torch.zeros(v.width))
         if v.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.empty(v.grid**2 + 1, v.width))
-        elif v.pos_embed == "sincos":  # fixed: a buffer, not a parameter, never saved
+        elif v.pos_embed in _SINCOS:  # fixed: a buffer, not a parameter, never saved
             self.register_buffer("pos_embed", torch.empty(v.grid**2 + 1, v.width), persistent=False)
         else:
-            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {v.pos_embed!r}")
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {v.pos_embed!r}")
+        if v.pool not in IMAGE_POOLS:
+            raise ValueError(f"image pool must be one of {', '.join(IMAGE_POOLS)}, got {v.pool!r}")
+        self.pool = v.pool
+        self.norm_pre = nn.LayerNorm(v.width, eps=arch.ln_eps) if v.ln_pre else None
         self.image_size = v.image_size
         self.blocks = make_blocks(v.depth, v.width, v.heads, v.mlp, arch.gelu, arch.ln_eps, arch.attention)
         self.checkpointing = checkpoint_flags(arch.checkpointing, v.depth)
@@ -44,8 +52,16 @@ class VisionTower(nn.Module):
 
     def reset_buffers(self) -> None:
         """Recompute the sin-cos table (after `to_empty` from the meta device, or a size change)."""
-        if self.pos_kind == "sincos":
-            self.pos_embed = sincos_2d(self.grid, self.pos_embed.shape[1], self.patch_embed.weight.device)
+        if self.pos_kind in _SINCOS:
+            table = _SINCOS[self.pos_kind]
+            self.pos_embed = table(self.grid, self.pos_embed.shape[1], self.patch_embed.weight.device)
+
+    def make_pos_embed_learnable(self) -> None:
+        """Turn a fixed sin-cos table into a learned one with the same values (CLIPA v1 fine-tunes
+        the table it pre-trained with fixed); build the optimizer (and any sharding) after this."""
+        if self.pos_kind != "learned":
+            self.pos_embed = nn.Parameter(self.pos_embed.detach().clone())
+            self.pos_kind = "learned"
 
     def set_image_size(self, px: int) -> None:
         if px % self.patch_size:
@@ -53,7 +69,7 @@ class VisionTower(nn.Module):
         if px == self.image_size:
             return
         self.image_size = px
-        if self.pos_kind == "sincos":
+        if self.pos_kind in _SINCOS:
             self.reset_buffers()
         else:  # a new Parameter: build the optimizer (and any sharding) after this
             self.pos_embed = nn.Parameter(resample_grid(self.pos_embed.detach(), self.grid))
@@ -70,5 +86,14 @@ class VisionTower(nn.Module):
         if keep is not None:
             x = select_tokens(x, keep)
         cls = (self.class_token.to(x.dtype) + pos[0]).expand(x.shape[0], 1, -1)
-        x = run_blocks(self.blocks, self.checkpointing, torch.cat([cls, x], dim=1))
-        return self.head(self.norm(x[:, 1:].mean(dim=1)))
+        x = torch.cat([cls, x], dim=1)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        x = run_blocks(self.blocks, self.checkpointing, x)
+        if self.pool == "avg":
+            pooled = x[:, 1:].mean(dim=1)
+        elif self.pool == "tok":
+            pooled = x[:, 0]
+        else:  # "avg_with_cls": clipa_torch VisionTransformer._global_pool(include_cls=True)
+            pooled = x.mean(dim=1)
+        return self.head(self.norm(pooled))

@@ -1,4 +1,4 @@
-"""Pluggable parallelism (DESIGN idea 2): `build_strategy(cfg, world)` returns the engine the loop
+"""Pluggable parallelism: `build_strategy(cfg, world)` returns the engine the loop
 drives through one small interface (see `clipav2.parallel.base.Strategy` and docs/engine.md).
 
     world = init_distributed(cfg)

@@ -1,9 +1,14 @@
 """Sharded, resharding checkpoints with torch.distributed.checkpoint (DCP) for the single, ddp
 and fsdp strategies: each rank writes its own shards, and a checkpoint loads on any world size.
 
-DCP stores its index (`.metadata`) as a pickle; `SafeFileSystemReader` reads it with an
-unpickler that only admits DCP's own metadata classes and plain containers, and DCP loads
-non-tensor items with `torch.load(weights_only=True)`, so loading never runs arbitrary code.
+DCP keeps two pickles, and neither is read with a plain unpickler here:
+- its index (`.metadata`): `SafeFileSystemReader` admits an exact set of (module, name) pairs,
+  DCP's own metadata classes, torch's dtypes and a few plain types; dotted names (which pickle
+  would resolve attribute by attribute) are refused, and every shard it names must be a plain
+  file name inside the checkpoint directory.
+- the non-tensor items (optimizer hyper-parameters): torch's own `DefaultLoadPlanner.load_bytes`
+  uses `torch.load(weights_only=False)`; `SafeLoadPlanner` loads them `weights_only=True` and
+  accepts only plain data (numbers, strings, None, lists/tuples/dicts of them).
 """
 from __future__ import annotations
 
@@ -12,10 +17,26 @@ import pickle
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-_SAFE_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
-_SAFE_GLOBALS = {
+from clipav2.train.safe_load import UnsafeCheckpoint, one_line
+
+_DCP = "torch.distributed.checkpoint."
+_TORCH_CONSTANTS = {  # dtypes, layouts, memory formats: values, not callables
+    n for n in dir(torch) if isinstance(getattr(torch, n), (torch.dtype, torch.layout, torch.memory_format))
+}
+SAFE_GLOBALS = frozenset({
+    (_DCP + "metadata", "Metadata"),
+    (_DCP + "metadata", "MetadataIndex"),
+    (_DCP + "metadata", "StorageMeta"),
+    (_DCP + "metadata", "TensorProperties"),
+    (_DCP + "metadata", "TensorStorageMetadata"),
+    (_DCP + "metadata", "BytesStorageMetadata"),
+    (_DCP + "metadata", "ChunkStorageMetadata"),
+    (_DCP + "metadata", "_MEM_FORMAT_ENCODING"),
+    (_DCP + "filesystem", "_StorageInfo"),
     ("collections", "OrderedDict"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
@@ -23,29 +44,74 @@ _SAFE_GLOBALS = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),  # maps a layout's name to torch.strided etc.
     ("pathlib", "PosixPath"),  # the checkpoint id DCP records
-}
+    ("pathlib._local", "PosixPath"),  # its home from Python 3.13
+} | {("torch", n) for n in _TORCH_CONSTANTS})
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if module.startswith(_SAFE_MODULE_PREFIXES) or (module, name) in _SAFE_GLOBALS:
+        if "." not in name and (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
+        raise UnsafeCheckpoint(f"checkpoint metadata refers to {module}:{name}, which is not allowed")
 
 
 class SafeFileSystemReader(dcp.FileSystemReader):
+    """Reads and checks the index once (`load_dcp` calls it before DCP does, so a refusal is our
+    one error, not DCP's logged fallbacks); DCP's own calls get the checked copy."""
+
+    _checked = None
+
     def read_metadata(self, *args, **kwargs):
-        rank = kwargs.get("rank")
-        with self.fs.create_stream(self._get_metadata_path(rank), "rb") as f:
-            metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
+        if self._checked is None:
+            self._checked = self._read_checked()
+        self._checked.storage_meta.load_id = self.load_id
+        return self._checked
+
+    def _read_checked(self):
+        path = self._get_metadata_path()
+        with self.fs.create_stream(path, "rb") as f:
+            try:
+                metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
+            except UnsafeCheckpoint:
+                raise
+            except Exception as e:  # a malformed pickle: refused like a dangerous one
+                raise UnsafeCheckpoint(f"{path} is not a DCP index ({type(e).__name__}: {e})") from None
+        for info in getattr(metadata, "storage_data", {}).values():
+            name = getattr(info, "relative_path", None)
+            if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise UnsafeCheckpoint(f"checkpoint metadata names the shard {name!r}, which is not a file in {self.path}")
         if getattr(metadata, "storage_meta", None) is None:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
             metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    return False
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner with its non-tensor items read `weights_only=True`, plain data only."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except Exception as e:
+            raise UnsafeCheckpoint(f"checkpoint item {fqn} is not plain data ({one_line(e)})") from None
+        if not _plain(loaded):
+            raise UnsafeCheckpoint(f"checkpoint item {fqn} is a {type(loaded).__name__}, not plain data")
+        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes stores it
+            set_element(self.original_state_dict, self.mappings[fqn], loaded)
+        else:
+            self.state_dict[fqn] = loaded
 
 
 def save_dcp(model, optimizer, path) -> None:
@@ -56,7 +122,9 @@ def save_dcp(model, optimizer, path) -> None:
 def load_dcp(model, optimizer, path) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
+    reader = SafeFileSystemReader(str(path))
+    reader.read_metadata()  # refuses a tampered index here, before DCP
+    dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -1,5 +1,5 @@
-"""Skipped-step bookkeeping kept on the device, so the host reads it only when it logs (issue 9:
-no host synchronisation inside the step).
+"""Skipped-step bookkeeping kept on the device, so the host reads it only when it logs (no host
+synchronisation inside the step; docs/engine.md).
 
 Every step adds its 0/1 "skipped" flag; besides the total, the counter tracks the current run of
 consecutive skips and the longest run since the last `read()`, with the step each run started

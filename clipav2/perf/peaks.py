@@ -1,4 +1,4 @@
-"""Dense bf16 peaks of the chips we train on, and the MFU arithmetic (spec section 5).
+"""Dense bf16 peaks of the chips we train on, and the MFU arithmetic.
 
 MFU = achieved model FLOP/s per chip / the chip's dense bf16 peak. Model FLOPs are the analytic
 count (3 x forward), so recomputation from activation checkpointing is not counted.

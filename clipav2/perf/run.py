@@ -1,5 +1,6 @@
 """Run one benchmark row: build a trainer's step, warm it up (compilation, allocator, cuDNN/SDPA
-autotuning all happen here and are excluded), then time a window of steps with `measure`.
+autotuning all happen here and are excluded; the last warm-up step also records which attention
+kernels ran), then time a window of steps with `measure`.
 The same function measures our trainer and open_clip, so the ratio compares like with like."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gc
 
 import torch
 
+from clipav2.perf.kernels import attention_kernels, describe
 from clipav2.perf.measure import peak_memory_bytes, reset_peak_memory, time_steps
 from clipav2.perf.result import Row
 
@@ -18,8 +20,12 @@ def measure_row(row: Row, make_step, batches, device: torch.device) -> Row:
     try:
         reset_peak_memory(device)
         step = make_step()
-        for _ in range(row.warmup):
+        for _ in range(row.warmup - 1):
             step(next(batches))
+        if row.warmup:
+            with attention_kernels() as ran:
+                step(next(batches))
+            row.flags["sdpa_kernels"] = describe(ran)
         window = time_steps(step, batches, row.steps, device)
         loss = window.last_output
         loss = float(getattr(loss, "loss", loss)) if loss is not None else None

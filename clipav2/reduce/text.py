@@ -5,10 +5,14 @@ that already fit are returned whole.
     truncate  the first k pieces (open_clip's default)
     random    a random subset of k pieces
     block     one random contiguous window of k pieces
-    syntax    the k pieces of highest part-of-speech priority (nouns, adjectives, verbs, rest);
-              ties keep the earlier piece (a stable sort)
+    syntax         CLIPA's noun_tokenize (clipa_jax/transforms/bert_ops.py): when the caption has
+                   more than k words, keep the k words whose first pieces have the highest
+                   part-of-speech priority (nouns, adjectives, verbs, rest; ties keep the earlier
+                   word), in caption order; then, either way, the first k of their pieces
+    syntax_pieces  the same ranking over single pieces, triggered by the piece count
 
-`rng` is a `random.Random` seeded per sample; `priorities[i]` is piece i's priority (lower first).
+`rng` is a `random.Random` seeded per sample; `priorities[i]` is piece i's priority (lower first);
+`words[i]` is the index of the word piece i belongs to (0, 0, 1, 2, 2, ...).
 """
 import random as _random
 from typing import Optional, Sequence
@@ -31,7 +35,22 @@ def block(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, priori
     return list(pieces[start : start + k])
 
 
-def syntax(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, priorities: Sequence[int] = ()) -> list:
+def syntax(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, priorities: Sequence[int] = (),
+           words: Sequence[int] = ()) -> list:
+    if len(words) != len(pieces) or len(priorities) != len(pieces):
+        raise ValueError(f"words, priorities: {len(words)}, {len(priorities)} values for {len(pieces)} pieces")
+    if not pieces or words[-1] < k:  # at most k words: plain truncation of the pieces
+        return list(pieces[:k])
+    starts = [i for i in range(len(pieces)) if i == 0 or words[i] != words[i - 1]]
+    kept = sorted(sorted(range(len(starts)), key=lambda w: priorities[starts[w]])[:k])  # stable: ties keep caption order
+    ends = starts[1:] + [len(pieces)]
+    out = []
+    for w in kept:
+        out += pieces[starts[w] : ends[w]]
+    return out[:k]
+
+
+def syntax_pieces(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, priorities: Sequence[int] = ()) -> list:
     if len(pieces) <= k:
         return list(pieces)
     if len(priorities) != len(pieces):
@@ -41,5 +60,5 @@ def syntax(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, prior
     return [pieces[i] for i in kept]
 
 
-REDUCTIONS = {"truncate": truncate, "random": random, "block": block, "syntax": syntax}
+REDUCTIONS = {"truncate": truncate, "random": random, "block": block, "syntax": syntax, "syntax_pieces": syntax_pieces}
 RANDOMIZED = ("random", "block")

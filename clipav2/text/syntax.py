@@ -2,9 +2,11 @@
 (lower is kept first). English only: NLTK's tagger is an English model.
 
 Two sources of priorities:
-- `vocab_priorities`: every vocabulary entry tagged once on its own (the JAX way), a bytes table
-  indexed by piece id, cached on disk keyed by the vocabulary's sha256. The data loader only
-  indexes it: no tagging per caption.
+- `vocab_priorities`: every vocabulary entry tagged once on its own, as CLIPA's
+  `_create_noun_tokenizer` does (clipa_jax/transforms/bert_ops.py): the entry is split by NLTK's
+  word tokenizer, tagged, and the tag of its last token decides (an entry with no tokens is 4).
+  A bytes table indexed by piece id, cached on disk keyed by the vocabulary's sha256. The data
+  loader only indexes it: no tagging per caption.
 - `context_priorities`: each word tagged in its sentence (open_clip's way), per caption.
 """
 import bisect
@@ -16,7 +18,7 @@ import nltk
 from clipav2.text.vocab import cache_dir, reachable
 
 TAGGER = "averaged_perceptron_tagger_eng"
-TABLE_VERSION = 1  # bump when the way the table is built changes
+TABLE_VERSION = 2  # bump when the way the table is built changes
 _download_tried = False
 _tagger_found = False
 
@@ -75,9 +77,9 @@ def _check_english(entries: list[str], name: str) -> None:
 
 def _tag_entries(entries: list[str]) -> bytes:
     ensure_tagger()
-    # each entry on its own; a continuation piece "##ing" is tagged as the text it spells, "ing"
-    sentences = [[e[2:] if e.startswith("##") and len(e) > 2 else e] for e in entries]
-    return bytes(priority(tag) for ((_, tag),) in nltk.pos_tag_sents(sentences))
+    # "##ing" -> '#', '#', 'ing'; "[UNK]" -> '[', 'UNK', ']' (tagged NN: unknown words rank as nouns)
+    tagged = nltk.pos_tag_sents([words(e) for e in entries])
+    return bytes(priority(tags[-1][1] if tags else "") for tags in tagged)
 
 
 def vocab_priorities(entries: list[str], vocab_hash: str, name: str = "") -> bytes:
@@ -103,7 +105,8 @@ _word_tokenizer = nltk.tokenize.NLTKWordTokenizer()
 
 
 def words(text: str) -> list[str]:
-    """NLTK's word tokens, as `nltk.word_tokenize(text, preserve_line=True)` (no punkt data needed)."""
+    """NLTK's word tokens, as `nltk.word_tokenize(text, preserve_line=True)` (no punkt data needed;
+    punkt's sentence split, which upstream runs first, splits no bert-base-uncased entry)."""
     return _word_tokenizer.tokenize(text)
 
 

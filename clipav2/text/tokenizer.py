@@ -3,6 +3,10 @@
     clipa     [CLS] p1 .. p(L-1)            then 0 (the JAX form: no [SEP])
     open_clip [CLS] p1 .. p(L-2) 0          then 0 (open_clip's HF path with its [SEP] zeroed)
 
+Words are normalised as each side did: `clipa` as tensorflow_text's BertTokenizer (see
+`clipav2.text.basic`), `open_clip` as Hugging Face's BertNormalizer. The two agree on printable
+ASCII (lower-casing only), which takes a faster path.
+
 Special tokens are deliberately not registered with the backend, so a caption that contains the
 text "[CLS]" or "[PAD]" is tokenized as ordinary characters and can never inject id 101 or 0.
 """
@@ -12,6 +16,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
+from clipav2.text.basic import MAX_WORD_BYTES, clipa_normalize
 from clipav2.text.vocab import file_sha256, find_vocab
 
 MODES = ("clipa", "open_clip")
@@ -39,6 +44,7 @@ class Tokenizer:
         self.vocab_hash = file_sha256(self.vocab_path)
         self._entries = self._read_entries(self.vocab_path)
         self.cls_id = self._entries.index("[CLS]")
+        self.unk_id = self._entries.index("[UNK]")
         self._backends = None
 
     @staticmethod
@@ -73,8 +79,11 @@ class Tokenizer:
             backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             return backend
 
-        # = BertWordPieceTokenizer(lowercase=True): clean text, split CJK, strip accents, lower-case.
-        full = wordpiece(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True))
+        if self.mode == "clipa":  # `clipa_normalize` did the rest; the backend isolates CJK ideographs
+            full = wordpiece(normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=True,
+                                                        strip_accents=False, lowercase=False))
+        else:  # = BertWordPieceTokenizer(lowercase=True): clean text, split CJK, strip accents, lower-case.
+            full = wordpiece(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True))
         # On printable ASCII that normalizer only lower-cases: str.lower() does it ~40% faster.
         ascii_only = wordpiece(None)
         self._backends = (full, ascii_only)
@@ -85,19 +94,57 @@ class Tokenizer:
         return len(self.entries)
 
     def encoding(self, caption):
-        """The backend's Encoding (ids, offsets into the caption) without special tokens."""
+        """(the backend's Encoding without special tokens, the text its offsets index: the caption
+        itself, or in `clipa` mode its normalised form when it is not printable ASCII)."""
         text = as_text(caption)
         full, ascii_only = self._backends or self._build_backends()
         if text.isascii() and text.isprintable():
-            return ascii_only.encode(text.lower(), add_special_tokens=False)
+            return ascii_only.encode(text.lower(), add_special_tokens=False), text
+        if self.mode == "clipa":
+            text = clipa_normalize(text)
         try:
-            return full.encode(text, add_special_tokens=False)
+            return full.encode(text, add_special_tokens=False), text
         except TypeError:  # lone surrogates (e.g. from surrogateescape decoding) are not encodable
-            return full.encode(text.encode("utf-8", "replace").decode("utf-8"), add_special_tokens=False)
+            text = text.encode("utf-8", "replace").decode("utf-8")
+            return full.encode(text, add_special_tokens=False), text
+
+    def words(self, caption, only_over: int = -1) -> tuple[list[int], list[int] | None]:
+        """(piece ids, the index of the word each piece belongs to): words as the basic tokenizer
+        splits them (whitespace, each punctuation mark, each CJK ideograph). The word indices are
+        None when there are at most `only_over` pieces (so at most that many words): they cost."""
+        encoding, text = self.encoding(caption)
+        if self._may_have_long_words(text):
+            return self._unknown_long_words(encoding.ids, encoding.word_ids, encoding.offsets, text)
+        ids = encoding.ids
+        return ids, None if len(ids) <= only_over else encoding.word_ids
+
+    def _may_have_long_words(self, text: str) -> bool:
+        return self.mode == "clipa" and not text.isascii() and len(text.encode("utf-8", "replace")) > MAX_WORD_BYTES
+
+    def _unknown_long_words(self, ids, word_of, offsets, text):
+        """tensorflow_text's WordPiece limit counts UTF-8 bytes (the backend's counts characters):
+        a word over 100 bytes is one [UNK]."""
+        out_ids, out_words, i = [], [], 0
+        while i < len(ids):
+            j = i
+            while j < len(ids) and word_of[j] == word_of[i]:
+                j += 1
+            span = text[offsets[i][0] : offsets[j - 1][1]]
+            if j - i > 1 and len(span.encode("utf-8", "replace")) > MAX_WORD_BYTES:
+                out_ids.append(self.unk_id)
+                out_words.append(word_of[i])
+            else:
+                out_ids += ids[i:j]
+                out_words += word_of[i:j]
+            i = j
+        return out_ids, out_words
 
     def encode(self, caption) -> list[int]:
         """All word-piece ids of `caption`, no [CLS]/[SEP]."""
-        return self.encoding(caption).ids
+        encoding, text = self.encoding(caption)
+        if self._may_have_long_words(text):
+            return self._unknown_long_words(encoding.ids, encoding.word_ids, encoding.offsets, text)[0]
+        return encoding.ids
 
     def budget(self, text_len: int) -> int:
         """How many word pieces fit in a row of `text_len` ids."""

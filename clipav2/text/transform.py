@@ -18,6 +18,7 @@ import torch
 from clipav2.config import TEXT_REDUCTIONS
 from clipav2.reduce.text import RANDOMIZED, REDUCTIONS
 from clipav2.text import syntax
+from clipav2.text.bpe import BpeTextTransform, bpe_tokenize
 from clipav2.text.tokenizer import Tokenizer, as_text
 
 
@@ -41,17 +42,21 @@ class TextTransform:
         self.stage = stage
         self.seed = seed
         self.table = None
-        if reduction == "syntax":
+        if reduction in ("syntax", "syntax_pieces"):
             self.table = syntax.vocab_priorities(tokenizer.entries, tokenizer.vocab_hash, tokenizer.vocab_path)
         elif reduction == "syntax_context":
             syntax.ensure_tagger()  # fail here, in the main process, not in a worker
-        self._select = REDUCTIONS["syntax" if reduction.startswith("syntax") else reduction]
+        self._select = REDUCTIONS["syntax_pieces" if reduction == "syntax_context" else reduction]
 
     def kept(self, caption, sample_key: str) -> list[int]:
         """The kept word-piece ids, in order (no [CLS], no padding)."""
+        if self.reduction == "syntax":
+            ids, words = self.tokenizer.words(caption, only_over=self.keep)
+            if words is None or not ids or words[-1] < self.keep:  # at most L-1 words: truncation, as upstream
+                return ids[: self.keep]
+            return self._select(ids, self.keep, priorities=[self.table[i] for i in ids], words=words)
         if self.reduction == "syntax_context":
-            text = as_text(caption)
-            encoding = self.tokenizer.encoding(text)
+            encoding, text = self.tokenizer.encoding(caption)
             ids = encoding.ids
             if len(ids) <= self.keep:
                 return ids
@@ -70,6 +75,8 @@ class TextTransform:
 
 def make_text_transform(stage, vocab=None, seed: int = 0) -> TextTransform:
     """The transform for a `StageConfig` (its text_len, text_reduction, tokenizer_mode, name)."""
+    if stage.tokenizer_mode == "clip_bpe":  # CLIPA v1: CLIP's BPE (clipav2.text.bpe)
+        return BpeTextTransform(stage.text_len, stage.text_reduction)
     tokenizer = Tokenizer(vocab, mode=stage.tokenizer_mode)
     return TextTransform(tokenizer, stage.text_len, stage.text_reduction, stage.name, seed)
 
@@ -81,5 +88,7 @@ def _cached_tokenizer(vocab, mode, env_vocab) -> Tokenizer:
 
 def tokenize(captions, text_len: int, mode: str = "clipa", vocab=None) -> torch.Tensor:
     """(B, text_len) ids of `captions`, truncated: for evaluation prompts."""
+    if mode == "clip_bpe":
+        return bpe_tokenize(captions, text_len)
     vocab = None if vocab is None else str(vocab)
     return _cached_tokenizer(vocab, mode, os.environ.get("CLIPAV2_VOCAB"))(captions, text_len)

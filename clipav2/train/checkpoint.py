@@ -26,9 +26,26 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.parallel.env import any_rank
+from clipav2.train.safe_load import one_line, weights_only_loads
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint skipped on resume; printed as one line ("warning: ...")."""
+
+
+_format_warning = warnings.formatwarning
+
+
+def _one_line_format(message, category, *args, **kwargs):
+    if issubclass(category, CheckpointWarning):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, *args, **kwargs)
+
+
+warnings.formatwarning = _one_line_format
 
 
 def _crc32(path: Path) -> int:
@@ -175,13 +192,14 @@ class CheckpointManager:
             problem = verify(path, self.world)
             if problem is None:
                 try:
-                    extra = strategy.load(path)
+                    with weights_only_loads():
+                        extra = strategy.load(path)
                 except (Exception, CheckpointException) as e:  # DCP's is a BaseException
-                    problem, extra = f"failed to load ({type(e).__name__}: {e})", None
+                    problem, extra = f"failed to load ({one_line(e)})", None
                 if not any_rank(self.world, problem is not None):
                     return extra
                 problem = problem or "failed to load on another rank"
             fallback = candidates[i + 1].name if i + 1 < len(candidates) else "a fresh start"
             if self._main:
-                warnings.warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}", stacklevel=2)
+                warnings.warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}", CheckpointWarning)
         return None

@@ -307,13 +307,20 @@ class _Window:
 def train(cfg, only_stage=None) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
-
     from clipav2.train.faults import install_signal_handlers
+    from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
     install_signal_handlers()  # once per run: a signal between stages is honoured in the next
+    lock = None
     try:
+        try:
+            lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
+        except RunDirBusy as e:
+            if world.is_main:
+                print(f"clipav2 train: {e}", file=sys.stderr)
+            return exitcodes.CONFIG
         if cfg.data.demo:
             prepare_demo_data(cfg, world)
         if world.is_main:
@@ -323,5 +330,7 @@ def train(cfg, only_stage=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
+        if lock is not None:
+            lock.release()
         if world.distributed and owns_group:
             dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """The optimizer of the spec (section 3): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
-decay on weight matrices only, optionally a bfloat16 first moment (CLIPA's memory saving), and a
-linear-warmup + cosine-to-0 learning rate counted in optimizer steps.
+decay on the parameters the stage's `weight_decay_rule` names (clipav2.train.decay), optionally
+a bfloat16 first moment (CLIPA's memory saving), and a linear-warmup + cosine-to-0 learning rate
+counted in optimizer steps.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 
 import torch
 from torch import nn
+
+from clipav2.train.decay import decays
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
@@ -20,21 +23,13 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def decays(module: nn.Module, local_name: str, param: nn.Parameter) -> bool:
-    """Weight decay on weight matrices only: the `weight` of a Linear/Conv-like layer (ndim >= 2).
-    Biases, norms, class token, position and token embeddings and the temperature are exempt."""
-    return local_name.endswith("weight") and param.ndim >= 2 and not isinstance(module, nn.Embedding)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups (decay, no decay), each parameter once, in model order (shared ones once)."""
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (decay if decays(module, name, p) else no_decay).append(p)
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "kernels") -> list[dict]:
+    """Two groups (decay, no decay) by the weight decay `rule` (clipav2.train.decay), each
+    parameter once, in model order (shared ones once)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if decays(name, rule) else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -108,7 +103,7 @@ def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor)
 def build_optimizer(model: nn.Module, stage, bf16_momentum: bool = False, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW over `model`'s trainable parameters with the stage's betas/eps/weight decay. The LR
     is set before every step by the strategy (`lr_at`), so it starts at the peak here."""
-    groups = param_groups(model, stage.weight_decay)
+    groups = param_groups(model, stage.weight_decay, stage.weight_decay_rule)
     kwargs = dict(lr=stage.peak_lr, betas=tuple(stage.betas), eps=stage.eps)
     if bf16_momentum:
         return AdamWLowPrecisionMomentum(groups, **kwargs)

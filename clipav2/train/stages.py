@@ -27,6 +27,8 @@ def model_options(cfg) -> dict:
 
 def enter_stage(model, stage) -> None:
     """Resize the model for `stage`; the weights (temperature included) stay as they are."""
+    if stage.pos_embed == "learned":  # before the resize, so the table is resampled, not recomputed
+        model.make_pos_embed_learnable()
     model.set_image_size(stage.image_size)
     model.set_text_len(stage.text_len)
     with torch.no_grad():  # a resampled table may be a strided view; FSDP2 shards contiguous tensors only
