@@ -27,7 +27,7 @@ def _port() -> str:
 def runs(tmp_path_factory):
     data = small_demo(tmp_path_factory)
     root = tmp_path_factory.mktemp("forms")
-    recipe = tiny_recipe(root / "r.yaml", data, root / "unused", **{"stages.pretrain.samples": 32})
+    recipe = tiny_recipe(root / "r.yaml", data, root / "unused", **{"stages.pretrain.samples": 32, "parallel.micro_batch": 8})
     raw = yaml.safe_load(recipe.read_text())
     raw["stages"] = raw["stages"][:1]  # one stage: each form pays DeepSpeed's start-up once
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))

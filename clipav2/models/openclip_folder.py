@@ -29,22 +29,27 @@ RESIZE_MODES = {"resize": "squash", "center_crop": "shortest"}
 
 
 def model_cfg(arch: ClipArch) -> dict:
-    """open_clip's CLIPA model config (as in its ViT-*-CLIPA.json) for `arch`, numerics explicit."""
+    """open_clip's model config (the fields of its ViT-*-CLIPA.json) for `arch`, numerics explicit."""
     v, t = arch.vision, arch.text
+    if v.pool not in ("avg", "tok"):
+        raise ValueError(f"{arch.name}: open_clip's ViT has no {v.pool!r} image pool (clipa_torch's own); "
+                         f"export it as a .safetensors file for clipa_torch instead")
     numerics = {"act_kwargs": {"approximate": "tanh" if arch.gelu == "tanh" else "none"},
                 "norm_kwargs": {"eps": arch.ln_eps}}
+    # CLIPA-v2's text tower is WordPiece (bert-base-uncased, [SEP] stripped); v1's is CLIP's BPE, open_clip's default
+    tokenizer = ({"hf_tokenizer_name": "bert-base-uncased", "tokenizer_kwargs": {"strip_sep_token": True}}
+                 if t.vocab_size == 32000 else {})
     return {
         "embed_dim": arch.embed_dim,
         "vision_cfg": {
             "image_size": v.image_size, "layers": v.depth, "width": v.width, "head_width": v.width // v.heads,
-            "mlp_ratio": v.mlp / v.width, "patch_size": v.patch_size,
-            "no_ln_pre": True, "pool_type": "avg", "final_ln_after_pool": True, **numerics,
+            "mlp_ratio": v.mlp / v.width, "patch_size": v.patch_size, "no_ln_pre": not v.ln_pre,
+            "pool_type": v.pool, "final_ln_after_pool": True, **numerics,
         },
         "text_cfg": {
-            "context_length": t.context_length, "vocab_size": t.vocab_size,
-            "hf_tokenizer_name": "bert-base-uncased", "tokenizer_kwargs": {"strip_sep_token": True},
+            "context_length": t.context_length, "vocab_size": t.vocab_size, **tokenizer,
             "width": t.width, "heads": t.heads, "layers": t.depth, "mlp_ratio": t.mlp / t.width,
-            "pool_type": "last", "no_causal_mask": True, **numerics,
+            "pool_type": t.pool, "no_causal_mask": not t.causal, **numerics,
         },
     }
 

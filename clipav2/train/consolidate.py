@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from clipav2.train.checkpoint import MANIFEST, PREFIX, CheckpointManager, verify
+from clipav2.train.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
 
 
 def find_step_dir(path) -> Path | None:
@@ -56,10 +56,8 @@ def read_step(step_dir) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"{step_dir}: neither DCP shards (state/) nor a DeepSpeed checkpoint (deepspeed/)")
     try:
         state = readers[kind](step_dir / kind)
-    except pickle.UnpicklingError as e:  # torch's message is a page; the line naming the object will do
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        why = next((line for line in lines if "Unsupported global" in line or "not allowed" in line), lines[-1])
-        raise ValueError(f"{step_dir}: refused to load: {why}") from None
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(f"{step_dir}: refused to load: {one_line(e)}") from None
     return meta, {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
@@ -68,9 +66,11 @@ def _dcp_weights(path: Path) -> dict:
 
     from clipav2.parallel.dcp_io import SafeFileSystemReader
 
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.simplefilter("ignore", UserWarning)
-        return _load_state_dict_from_keys("model", storage_reader=SafeFileSystemReader(str(path)))["model"]
+    reader = SafeFileSystemReader(str(path))
+    reader.read_metadata()  # refuses a tampered index here, before DCP
+    with warnings.catch_warnings(), weights_only_loads():
+        warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to load in a single process": it is
+        return _load_state_dict_from_keys("model", storage_reader=reader)["model"]
 
 
 def _deepspeed_weights(path: Path) -> dict:
@@ -81,18 +81,10 @@ def _deepspeed_weights(path: Path) -> dict:
 
     from clipav2.parallel.deepspeed_strategy import TAG
 
-    # zero_to_fp32 asks torch.load for full unpickling; torch's switch overrides it per call.
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]), \
-                contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not ours
-            return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)
-    finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+    # zero_to_fp32 asks torch.load for full unpickling; weights_only_loads overrides it per call
+    with weights_only_loads(), torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]), \
+            contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not ours
+        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=TAG)
 
 
 def run_config(step_dir, cfg=None):
