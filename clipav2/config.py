@@ -8,6 +8,7 @@ Every error is a `ConfigError` whose message names the key and the allowed value
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -27,7 +28,7 @@ STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
@@ -41,7 +42,7 @@ class ModelConfig:
     ln_eps: float = 1e-6
     attention: str = "sdpa"
     checkpointing: str = "none"  # none | all | every_<k>
-    compile: bool = False
+    compile: typing.Optional[bool] = None  # None: on CUDA, off on the CPU
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ParallelConfig:
     zero_stage: int = 2
     micro_batch: int = 32  # per GPU; a stage may override it
     grad_accum: typing.Optional[int] = None  # None: global_batch // (world * micro_batch)
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
+    precision: str = "auto"  # auto: bf16_autocast on CUDA, fp32 on the CPU (docs/engine.md)
     reshard_after_forward: bool = True
     hsdp_shard_size: typing.Optional[int] = None  # FSDP2 HSDP: GPUs per shard group (e.g. 8)
     deepspeed_config: typing.Optional[str] = None  # a user's DS JSON merged over ours
@@ -216,6 +217,8 @@ def _coerce(value, tp, key: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check below, inf breaks the schedule
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -250,6 +253,20 @@ def _build(cls, data, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _parse_scalar(text: str):
@@ -465,7 +482,7 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -3,7 +3,7 @@ table, and the micro-batch search."""
 import pytest
 
 from clipav2.perf.measure import Window
-from clipav2.perf.peaks import achieved_tflops, mfu, peak_tflops, samples_per_s_for_mfu
+from clipav2.cost.mfu import achieved_tflops, mfu, peak_tflops, samples_per_s_for_mfu
 from clipav2.perf.result import Row, ratio, table
 from clipav2.perf.search import largest_fitting
 

@@ -11,6 +11,7 @@ The loop never branches on the engine: everything goes through the Strategy.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import grad_accum_steps, save_config
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger
+from clipav2.train.skipcount import describe_skipped, summed_over_ranks
 from clipav2.train.stages import build_stage_model, stage_weights
 
 
@@ -56,7 +57,7 @@ class Trainer:
         from clipav2.cost.guard import BudgetGuard
         from clipav2.cost.plan import stage_flops
         from clipav2.cost.prices import resolve
-        from clipav2.perf.measure import device_name
+        from clipav2.parallel.env import device_name
 
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
@@ -82,6 +83,10 @@ class Trainer:
     def _charge(self, stage: str, kind: str, seconds: float) -> None:
         if self.ledger is not None:
             self.ledger.add(stage, kind, seconds)
+
+    def _timed(self, stage: str, kind: str):
+        """Charge the block's wall time to the ledger (main rank), even when the block raises."""
+        return self.ledger.track(kind, stage) if self.ledger is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
@@ -122,16 +127,16 @@ class Trainer:
         from clipav2.models.arch import get_arch
         from clipav2.parallel import build_strategy
         from clipav2.text import make_text_transform
-        from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
-        from clipav2.train.faults import FaultMonitor
+        from clipav2.train.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
+        from clipav2.train.faults import FaultMonitor, nonfinite_weights
         from clipav2.train.step import StepRunner
 
         cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
         ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / stage.name)
         has_ckpt = bool(ckpt.complete())
         model = build_stage_model(cfg, index, self.run_dir)
-        if cfg.model.compile:
-            model.compile_blocks()
+        ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
+        ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -140,11 +145,14 @@ class Trainer:
         if extra.get("rng"):
             set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
+        spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
+        if any_rank(world, spent):  # checked before the first step of a resubmitted run
+            return exitcodes.BUDGET
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = grad_accum_steps(cfg, stage, world.world_size)
+        n_micro = runner.n_micro
         step = int(extra.get("step", 0))
         skipped_steps = int(extra.get("skipped_steps", 0))
         _say(world, f"[{stage.name}] {stage.image_size} px, text {stage.text_len} ({stage.text_reduction}), "
@@ -153,20 +161,20 @@ class Trainer:
                     + (f"; resuming at step {step}" if step else ""))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
 
-        def save(at_step: int) -> None:
-            t = time.perf_counter()
-            state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state()}
-            if self.ledger is not None:
-                self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
-                state["ledger"] = self.ledger.state_dict()
-            ckpt.save(strategy, at_step, state)
-            self._charge(stage.name, "checkpoint", time.perf_counter() - t)
+        def save(at_step: int, budget_stop: float | None = None) -> None:
+            with self._timed(stage.name, "checkpoint"):
+                state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
+                         "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
+                         "budget_stop": budget_stop}
+                if self.ledger is not None:
+                    self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
+                    state["ledger"] = self.ledger.state_dict()
+                ckpt.save(strategy, at_step, state)
 
         audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
         self.metrics.start_stage(stage.name, stage.steps, step)
         batches = iter(loader)
-        window = _Window(step)
+        window = _Window()
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
@@ -186,7 +194,7 @@ class Trainer:
                 stop = self._log(stage, step, window, loader, skipped_steps, ckpt)
             code = monitor.after_step(step, result, report)
             if code is not None or stop is not None:
-                save(step)
+                save(step, budget_stop=self.guard.limit_usd if stop is not None and self.guard else None)
                 self.metrics.close_bar()
                 msg = monitor.message if code is not None else self.guard_message()
                 _say(world, msg)
@@ -194,8 +202,14 @@ class Trainer:
             if step < stage.steps and ckpt.due(step):
                 save(step)
         self.metrics.close_bar()
+        _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, loader.skipped))}")
         t = time.perf_counter()
         full = strategy.full_state_dict()
+        bad = nonfinite_weights(full) if world.is_main else None
+        if any_rank(world, bad is not None):
+            _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
+                        f"not written, exit {exitcodes.DIVERGED}")
+            return exitcodes.DIVERGED
         del strategy, runner
         loader.close()
         gc.collect()
@@ -212,10 +226,11 @@ class Trainer:
     def _log(self, stage, step, window, loader, skipped_steps, ckpt):
         """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
         from clipav2.cost.projection import project
-        from clipav2.perf.peaks import mfu
+        from clipav2.cost.mfu import mfu
 
         world, stop = self.world, False
         stats = window.close(step)  # the one device sync of the interval
+        skipped = summed_over_ranks(world, loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
             self.ledger.set_progress(stage.name, step, step * stage.global_batch)
@@ -229,7 +244,7 @@ class Trainer:
                 "mfu": mfu(self.flops[stage.name], per_gpu, peak) or 0.0,
                 "data_wait_frac": stats["data_wait"] / max(stats["seconds"], 1e-9),
                 "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
-                "skipped_samples": int(sum(loader.skipped.values())), "skipped_steps": skipped_steps,
+                "skipped_samples": int(sum(skipped.values())), "skipped_by_reason": skipped, "skipped_steps": skipped_steps,
                 "grad_norm": stats["grad_norm"],
                 "projected_cost_usd": projection["projected_total_usd"] if projection else None,
                 "time": time.time(),
@@ -279,7 +294,7 @@ class _KeyAudit:
 class _Window:
     """Accumulates one log interval on the device (no syncs until `close`)."""
 
-    def __init__(self, step: int):
+    def __init__(self):
         self.reset()
 
     def reset(self):
@@ -304,10 +319,12 @@ class _Window:
         return out
 
 
-def train(cfg, only_stage=None) -> int:
+def train(cfg, only_stage=None, fresh: bool = False) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
     from clipav2.train.faults import install_signal_handlers
+    from clipav2.train import rundir
+    from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -317,15 +334,20 @@ def train(cfg, only_stage=None) -> int:
     try:
         try:
             lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
-        except RunDirBusy as e:
+            if fresh:
+                rundir.start_fresh(cfg, world)
+            if cfg.data.demo:
+                prepare_demo_data(cfg, world)
+            rundir.prepare(cfg, world)  # stale .tmp removed, recipe unchanged, config.yaml written
+        except (RunDirBusy, rundir.RecipeChanged) as e:
             if world.is_main:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
-        if cfg.data.demo:
-            prepare_demo_data(cfg, world)
-        if world.is_main:
-            save_config(cfg)
         return Trainer(cfg, world).run(only_stage)
+    except (IncompatibleCheckpoint, NoSpace) as e:
+        if world.is_main:
+            print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

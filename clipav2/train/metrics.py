@@ -4,7 +4,6 @@ rank writes; the loop calls `log` at `log.every_steps`, the only place it syncs 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 METRIC_KEYS = (
@@ -73,20 +72,3 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
-
-
-class IntervalTimer:
-    """Wall time and data-wait time between two log points (host clock only, no device sync)."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.start, self.data_wait = time.perf_counter(), 0.0
-
-    def waited(self, seconds: float) -> None:
-        self.data_wait += seconds
-
-    def elapsed(self) -> float:
-        return max(time.perf_counter() - self.start, 1e-9)
-

@@ -22,7 +22,7 @@ def stage_weights(run_dir, stage_name: str) -> Path:
 def model_options(cfg) -> dict:
     """The model switches of the config that `create_model` takes as overrides."""
     m = cfg.model
-    return dict(pos_embed=m.pos_embed, gelu=m.gelu, ln_eps=m.ln_eps, attention=m.attention, checkpointing=m.checkpointing)
+    return dict(pos_embed=m.pos_embed, gelu=m.gelu, ln_eps=m.ln_eps, attention=m.attention)
 
 
 def enter_stage(model, stage) -> None:
@@ -47,11 +47,11 @@ def _fresh(cfg, image_size: int, text_len: int):
 def _carried(path, cfg, stage):
     """A model rebuilt from a weights file (ours, with its stored numerics: sin-cos or learned
     table, GELU, LayerNorm eps; or an open_clip checkpoint of `model.name`), resized for `stage`.
-    Attention backend and checkpointing are run-time choices and come from the config."""
+    The attention backend is a run-time choice and comes from the config."""
     from clipav2.models.convert import load_model
 
     m = cfg.model
-    model = load_model(path, name=m.name, attention=m.attention, checkpointing=m.checkpointing)
+    model = load_model(path, name=m.name, attention=m.attention)
     enter_stage(model, stage)
     return model
 
