@@ -1,5 +1,6 @@
 """The run configuration: YAML plus dotted `key=value` overrides, typed and validated before
-anything is built. A recipe is data (DESIGN idea 1): a model name plus an ordered list of stages.
+anything is built. A recipe is data: a model name plus an ordered list of stages, possibly
+starting from another recipe (`base:`, `stage_defaults:`; clipav2/inherit.py).
 
     cfg = load_config("configs/h14.yaml", ["stages.pretrain.samples=4096", "parallel.strategy=fsdp"])
 
@@ -89,12 +90,16 @@ class LogConfig:
     tensorboard: bool = True
     progress: bool = True
     sample_keys: bool = False  # audit trail: RUN_DIR/samples/rank_<r>.txt, one "stage step keys" line per step
+    progress_seconds: float = 60.0  # without a terminal: one plain progress line at most this often
+    wandb: typing.Optional[str] = None  # a Weights & Biases project (pip install wandb; WANDB_MODE=offline works offline)
 
 
 @dataclass
 class EvalConfig:
     at_stage_end: bool = True  # zero-shot eval after each stage -> RUN_DIR/eval.jsonl
     batch_size: int = 256
+    every_samples: int = 0  # also zero-shot every N samples of the recipe (0: off), split over the ranks
+    every_minutes: float = 0.0  # also zero-shot every N minutes of training (0: off)
     protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
 
@@ -348,6 +353,16 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
     _positive("log.every_steps", cfg.log.every_steps)
     _positive("eval.batch_size", cfg.eval.batch_size)
+    for key in ("every_samples", "every_minutes"):
+        if getattr(cfg.eval, key) < 0:
+            raise ConfigError(f"eval.{key}: {getattr(cfg.eval, key)} must be >= 0 (0: off)")
+    if cfg.log.progress_seconds <= 0:
+        raise ConfigError(f"log.progress_seconds: {cfg.log.progress_seconds} must be > 0")
+    if cfg.log.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"log.wandb: {cfg.log.wandb!r} needs the wandb package (pip install wandb), which is not installed")
     _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost
