@@ -164,8 +164,23 @@ explain_exit() {
   esac >&2
 }
 
-# One node: NUM_GPUS trainers under the deepspeed launcher (or torchrun).
+# One trainer in this process, when a launcher already started one process per GPU and set
+# RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (`deepspeed launch/h14.sh`): the same
+# `clipav2 train` arguments as below; NUM_GPUS, LAUNCHER and MASTER_PORT are the launcher's business.
+run_as_rank() {
+  check_settings
+  build_train_args "$@"
+  if [ "$DRY_RUN" = 1 ]; then
+    print_cmd python -m clipav2 "${TRAIN_ARGS[@]}"
+    exit 0
+  fi
+  exec python -m clipav2 "${TRAIN_ARGS[@]}"
+}
+
+# One node: NUM_GPUS trainers under the deepspeed launcher (or torchrun); under a launcher's
+# LOCAL_RANK, this process's trainer.
 launch_single_node() {
+  if [ -n "${LOCAL_RANK:-}" ] && [ -n "${WORLD_SIZE:-}" ]; then run_as_rank "$@"; fi
   check_settings
   build_train_args "$@"
   preflight "$NUM_GPUS"
