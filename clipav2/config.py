@@ -30,7 +30,7 @@ IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
-ATTENTION = ("sdpa", "flash_attn", "xformers")
+ATTENTION = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")  # clipav2.models.attention.BACKENDS
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
 

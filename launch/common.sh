@@ -39,6 +39,9 @@ check_settings() {
     export CUDA_VISIBLE_DEVICES=""  # the engine picks gloo when it sees no GPU
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   fi
+  # grow CUDA memory segments instead of fragmenting them: the changing shapes of a multi-stage
+  # run (84 -> 224 -> 336 px) would otherwise strand reserved blocks (a user's setting wins)
+  export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 }
 
 # TRAIN_ARGS: what follows `clipav2` on every rank. Our settings come before the user's
@@ -184,6 +187,7 @@ launch_single_node() {
   build_launch_cmd 1 0 127.0.0.1
   if [ "$DRY_RUN" = 1 ]; then
     if [ "$DEVICE" = cpu ]; then echo "export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$OMP_NUM_THREADS"; fi
+    echo "export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"
     print_cmd "${LAUNCH_CMD[@]}"
     return 0
   fi

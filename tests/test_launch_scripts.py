@@ -90,6 +90,12 @@ def test_dry_run_prints_a_deepspeed_command_for_the_recipe(fakes, script, model)
     assert not fakes.log.exists()  # nothing was started
 
 
+def test_launchers_grow_cuda_memory_segments_unless_the_user_says_otherwise(fakes):
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in run("launch/h14.sh", fakes(DRY_RUN="1")).stdout
+    mine = run("launch/h14.sh", fakes(DRY_RUN="1", PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:512")).stdout
+    assert "export PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512" in mine
+
+
 @pytest.mark.parametrize("script", ["launch/h14.sh", "launch/g14.sh"])
 def test_run_by_python_as_deepspeed_does_each_rank_gets_the_same_train_arguments(fakes, script):
     """`deepspeed launch/X.sh` runs `python -u launch/X.sh --local_rank=N` per GPU with the
