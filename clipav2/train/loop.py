@@ -126,6 +126,7 @@ class Trainer:
     # ------------------------------------------------------------------ one stage
     def run_stage(self, index: int) -> int:
         from clipav2.data import build_train_loader
+        from clipav2.data.loader import host_memory_note
         from clipav2.eval.periodic import PeriodicEval
         from clipav2.cost.plan import kept_image_tokens
         from clipav2.models.arch import get_arch
@@ -154,6 +155,7 @@ class Trainer:
             return exitcodes.BUDGET
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
+        _say(world, host_memory_note(loader, stage))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
