@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.train.checkpoint import MANIFEST, PREFIX, CheckpointManager, verify
 from clipav2.train.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
@@ -58,6 +59,8 @@ def read_step(step_dir) -> tuple[dict, dict[str, torch.Tensor]]:
         state = readers[kind](step_dir / kind)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpoint(f"{step_dir}: refused to load: {one_line(e)}") from None
+    except CheckpointException as e:  # DCP's, a BaseException carrying each rank's error
+        raise ValueError(f"{step_dir}: {one_line(e)}") from None
     return meta, {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
@@ -114,9 +117,19 @@ def load_step_model(step_dir, cfg=None):
         raise ValueError(f"{step_dir} is a checkpoint of stage {meta['stage']!r}, which the recipe does not have ({', '.join(names)})")
     index = names.index(meta["stage"])
     model = build_stage_model(cfg, index, step_dir.resolve().parents[2])
-    expected = model.state_dict()
-    transient = {n for n, _ in model.named_buffers()} - set(expected)  # non-persistent: DCP may list them
-    fits = lambda k, v: k in expected and v.numel() == expected[k].numel()  # noqa: E731
-    # DeepSpeed keeps the 0-d temperature as a 1-element vector
-    load_weights(model, {k: v.reshape(expected[k].shape) if fits(k, v) else v for k, v in state.items() if k not in transient})
+    load_weights(model, _shaped_like(state, model))
     return model, cfg.stages[index], meta.get("step")
+
+
+def _shaped_like(state: dict, model) -> dict:
+    """DeepSpeed keeps the 0-d temperature as a 1-element vector; DCP may list the non-persistent
+    buffers. Anything else that does not fit is left for `load_weights` to name."""
+    expected = model.state_dict()
+    transient = {n for n, _ in model.named_buffers()} - set(expected)
+    out = {}
+    for k, v in state.items():
+        if k in expected and v.shape != expected[k].shape and v.numel() == expected[k].numel() == 1:
+            v = v.reshape(expected[k].shape)
+        if k not in transient:
+            out[k] = v
+    return out
