@@ -27,14 +27,14 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None)
             names, prompts = protocol.zero_shot_prompts(how, cfg.data.eval_classnames, cfg.data.eval_templates, classify_path)
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
             batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
-                                                  cfg.data.workers, protocol=how, classes=len(names))
+                                                  cfg.data.workers, how, len(names), cfg.data.fast_decode)
             result = zeroshot.classify(model, batches, classes, normalize, device)
-            out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names)}
+            out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names), "skipped": batches.skipped}
         if retrieval_path:
             batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
-                                             cfg.eval.batch_size, tok, cfg.data.workers, protocol=how)
+                                             cfg.eval.batch_size, tok, cfg.data.workers, how, cfg.data.fast_decode)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
-            out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0]}
+            out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0], "skipped": batches.skipped}
     return out
 
 
@@ -44,8 +44,9 @@ def describe(stage_name: str, result: dict) -> str:
     z = result.get("zero_shot")
     if z:
         parts.append(f"zero-shot top-1 {100 * z['top1']:.1f}% top-5 {100 * z['top5']:.1f}% "
-                     f"on {z['n']} images, {z['classes']} classes (chance {100 * z['chance']:.1f}%)")
+                     f"on {z['n']} images, {z['classes']} classes (chance {100 * z['chance']:.1f}%)"
+                     + (f", {z['skipped']} unreadable skipped" if z.get("skipped") else ""))
     r = result.get("retrieval")
     if r:
-        parts.append("retrieval " + " ".join(f"{k} {100 * v:.1f}%" for k, v in r.items() if k != "n"))
+        parts.append("retrieval " + " ".join(f"{k} {100 * v:.1f}%" for k, v in r.items() if k not in ("n", "skipped")))
     return f"[{stage_name}] " + ("; ".join(parts) if parts else "no evaluation set configured")
