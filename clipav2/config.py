@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from clipav2.reduce.text import REDUCTIONS as _TEXT_REDUCTIONS
+
 from clipav2.train.decay import RULES as DECAY_RULES
 
 
@@ -25,7 +27,7 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
+TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
