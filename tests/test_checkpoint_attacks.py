@@ -33,8 +33,9 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", **{k: os.environ.get(k, v) for k, v in ENV.items()})
 
 
-def _train(recipe, run):
-    cmd = [sys.executable, "-m", "clipav2", "train", str(recipe), f"run_dir={run}", "--stage", "pretrain"]
+def _train(recipe, run, *overrides, fresh=False):
+    cmd = [sys.executable, "-m", "clipav2", "train", str(recipe), f"run_dir={run}", *overrides, "--stage", "pretrain"]
+    cmd += ["--fresh"] if fresh else []
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
 
 

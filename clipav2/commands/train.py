@@ -12,6 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("config", help="a recipe YAML, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.pretrain.samples=4096 run_dir=runs/x")
     parser.add_argument("--stage", help="run only this stage (resuming it if RUN_DIR has a checkpoint of it)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over in RUN_DIR: its old state is moved to RUN_DIR/previous/<time>/ (never deleted)")
 
 
 def launcher_world_size() -> int:
@@ -50,4 +52,4 @@ def main(args) -> int:
         return exitcodes.CONFIG
     from clipav2.train.loop import train  # heavy imports only once the config is known good
 
-    return train(cfg, only_stage=args.stage)
+    return train(cfg, only_stage=args.stage, fresh=args.fresh)

@@ -53,3 +53,17 @@ class BudgetGuard:
             self.log(self.message)
             return WARN
         return OK
+
+    def spent_before_start(self, ledger, stopped_under: float | None) -> bool:
+        """Before the first step of a resumed stage: True (with `message` set) if the budget is
+        already spent, or the checkpoint was written by a budget stop under a limit that has not
+        been raised since (a resubmitted job would otherwise train one more interval)."""
+        if not self.enabled or ledger is None:
+            return False
+        if ledger.total_usd >= self.limit_usd or (stopped_under is not None and stopped_under >= self.limit_usd):
+            self.message = (f"budget guard: ${ledger.total_usd:,.2f} spent, the limit is ${self.limit_usd:,.2f} (budget "
+                            f"${self.budget:,.2f} x stop_fraction {self.stop_fraction}) and the run stopped there before; "
+                            "raise cost.budget_usd to continue; not starting")
+            self.log(self.message)
+            return True
+        return False

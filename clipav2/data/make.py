@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipav2.data.records import IMAGE_EXTS, BadRecord, caption, image_bytes, load_rgb, open_image
-from clipav2.data.shards import ShardSink, expand_urls, iter_records
+from clipav2.data.shards import ShardSink, expand_urls, iter_records, unsafe_member_name
 
 IMAGE_COLUMNS = ("image", "file", "filename", "path", "filepath")
 CAPTION_COLUMNS = ("caption", "text", "txt", "title")
@@ -127,6 +127,8 @@ def shrink(data: bytes, short_side: int, quality: int) -> bytes:
 def prepare(item, resize=None, quality: int = 90):
     """(key, record) -> a sample for the writer, or the reason it is unusable."""
     key, record = item
+    if unsafe_member_name(key):
+        return "unsafe_key"
     try:
         text = caption(record)
         data = image_bytes(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -25,6 +26,8 @@ REASONS = (
     "bad_caption_encoding",  # not UTF-8
     "truncated_tar",  # a shard that ends mid-record (counted once per shard)
     "unreadable_shard",  # a shard that cannot be opened
+    "duplicate_key",  # a record whose key repeats the one just before it (dropped, not merged)
+    "unsafe_key",  # a key that would make a member name absolute or climb out with '..' (shard writer)
 )
 
 
@@ -81,6 +84,24 @@ def load_rgb(img: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-with-transparency and EXIF chatter
             img.load()
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return to_rgb(img)
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         raise BadRecord("corrupt_image", f"{type(e).__name__}: {e}") from None
+
+
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNGs decode as I;16 (older PIL: I)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB. PIL's own convert clips wide integer grey to 255 (a 16-bit PNG
+    came out all white), so 16/32-bit grey is scaled here (0..65535 -> 0..255, rounded) and float
+    grey read as 0..1; premultiplied La goes through LA; every other mode PIL converts itself."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in WIDE_GREY or img.mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        a = a * 255 if img.mode == "F" else a / 257
+        return Image.fromarray(np.rint(np.clip(a, 0, 255)).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "La":
+        img = img.convert("LA")
+    return img.convert("RGB")

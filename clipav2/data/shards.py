@@ -97,7 +97,7 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
     except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
         events.append("unreadable_shard")
         return
-    index, key, record, seen = 0, None, {}, False
+    index, key, record, seen, duplicate = 0, None, {}, False, False
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
         for member in tar:
@@ -107,6 +107,14 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
             prefix, ext = _split_name(member.name)
             if prefix is None or os.path.basename(prefix).startswith("__"):
                 continue
+            if prefix == key and (duplicate or ext.lower() in record):
+                # a second record with the same key right after the first: counted and dropped,
+                # never merged into the first (its members would overwrite the first's)
+                if not duplicate and index % nsub == sub:
+                    events.append("duplicate_key")
+                duplicate = True
+                continue
+            duplicate = False
             if prefix != key:
                 if key is not None:
                     if index % nsub == sub:
@@ -142,6 +150,13 @@ def _encode(value) -> bytes:
     raise TypeError(f"cannot write a {type(value).__name__} into a shard")
 
 
+def unsafe_member_name(key: str) -> bool:
+    """A key whose tar members would land outside the directory they are extracted into
+    (absolute, a '..' component, a drive or backslash path) or that is empty."""
+    parts = key.replace("\\", "/").split("/")
+    return not key or key.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts or "\x00" in key
+
+
 class ShardSink:
     """Write samples ({"__key__", "jpg"/"png": bytes, "txt": str, "json": dict, "cls": int})
     into OUT/000000.tar, 000001.tar, ... (at most `maxcount` each, members in key order as
@@ -161,9 +176,11 @@ class ShardSink:
         self.manifest = None
 
     def write(self, sample: dict) -> None:
+        key = sample["__key__"]
+        if unsafe_member_name(key):
+            raise ValueError(f"record key {key!r}: a shard member name must be a relative path without '..'")
         if self.tar is None or self.count % self.maxcount == 0:
             self._next_shard()
-        key = sample["__key__"]
         for ext, value in sample.items():
             if ext.startswith("__"):
                 continue

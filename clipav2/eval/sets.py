@@ -75,24 +75,34 @@ def check_classes(path: str, classes: int, folder_classes: int | None = None) ->
                             f"{path} has {found} {where}")
 
 
-def _worker_share(items):
+def _part(part) -> tuple[int, int]:
+    """(index, count) of this loader worker among all workers of all ranks sharing the set."""
+    rank, world = part
     info = get_worker_info()
-    return items[info.id :: info.num_workers] if info else items
+    wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    return rank * nw + wid, world * nw
 
 
 class _ShardRecords(IterableDataset):
-    """(uint8 image or None, target or None) per record of the shards; each loader worker reads
-    every n-th shard."""
+    """(uint8 image or None, target or None) per record of the shards, split across ranks
+    (`part`: rank, world) and loader workers: by shard when there are enough shards, else record
+    by record."""
 
-    def __init__(self, urls, transform, target):
-        self.urls, self.transform, self.target = list(urls), transform, target
+    def __init__(self, urls, transform, target, part=(0, 1)):
+        self.urls, self.transform, self.target, self.part = list(urls), transform, target, part
 
     def __iter__(self):
         from clipav2.data.records import BadRecord, image_bytes
         from clipav2.data.shards import iter_records
 
-        for url in _worker_share(self.urls):
+        index, count = _part(self.part)
+        by_shard = len(self.urls) >= count
+        n = -1
+        for url in self.urls[index::count] if by_shard else self.urls:
             for _key, record in iter_records(url, []):
+                n += 1
+                if not by_shard and n % count != index:
+                    continue
                 target = self.target(record)
                 try:
                     image = self.transform(image_bytes(record)) if target is not None else None
@@ -104,7 +114,7 @@ class _ShardRecords(IterableDataset):
 class _Folder(IterableDataset):
     """ImageFolder layout, read as bytes for EvalTransform."""
 
-    def __init__(self, root, transform):
+    def __init__(self, root, transform, part=(0, 1)):
         from torchvision.datasets.folder import make_dataset
 
         self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
@@ -112,12 +122,13 @@ class _Folder(IterableDataset):
             raise ValueError(f"{root}: no class sub-directories")
         self.samples = make_dataset(str(root), {c: i for i, c in enumerate(self.classes)},
                                     extensions=tuple("." + e for e in IMAGE_EXTS))
-        self.transform = transform
+        self.transform, self.part = transform, part
 
     def __iter__(self):
         from clipav2.data.records import BadRecord
 
-        for path, label in _worker_share(self.samples):
+        index, count = _part(self.part)
+        for path, label in self.samples[index::count]:
             try:
                 yield self.transform(Path(path).read_bytes()), label
             except (BadRecord, OSError):
@@ -166,16 +177,18 @@ def _loader(dataset, batch_size, workers, targets):
 
 
 def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,
-                           protocol: str = "clipa", classes: int | None = None, fast_decode: bool = True) -> Batches:
+                           protocol: str = "clipa", classes: int | None = None, fast_decode: bool = True,
+                           part=(0, 1)) -> Batches:
     """(uint8 images, int64 labels) batches of labelled shards or an ImageFolder; with `classes`,
-    a set whose classes do not fit that many names is a ClassMismatch."""
+    a set whose classes do not fit that many names is a ClassMismatch; `part` (rank, world): this
+    rank's share of the set."""
     from clipav2.data import EvalTransform, expand_urls
 
     transform = EvalTransform(image_size, kind, fast_decode, protocol)
     if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
-        dataset = _Folder(path, transform)
+        dataset = _Folder(path, transform, part)
     else:
-        dataset = _ShardRecords(expand_urls(str(path)), transform, _int_label)
+        dataset = _ShardRecords(expand_urls(str(path)), transform, _int_label, part)
     if classes is not None:
         check_classes(str(path), classes, len(dataset.classes) if isinstance(dataset, _Folder) else None)
     labels = lambda found: torch.tensor(found, dtype=torch.long)  # noqa: E731

@@ -12,6 +12,7 @@ load tensors with weights_only / allow-listed readers.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -29,7 +30,48 @@ from clipav2.parallel.env import any_rank
 from clipav2.train.safe_load import one_line, weights_only_loads
 
 MANIFEST = "manifest.json"
+FINGERPRINT = "fingerprint.json"
 PREFIX = "step_"
+
+
+class IncompatibleCheckpoint(Exception):
+    """A checkpoint made for another model / stage / shapes than this run's; names what differs."""
+
+
+def fingerprint(model_name: str, stage, model) -> dict:
+    """What a checkpoint must match to be resumed: the architecture, the stage, every tensor's
+    shape (another text_len or image size shows up as a position-table shape)."""
+    return {"model": model_name, "stage": stage.name, "image_size": stage.image_size, "text_len": stage.text_len,
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
+def fingerprint_differences(saved: dict, ours: dict) -> list[str]:
+    out = [f"{k} {saved.get(k)!r} (this run: {ours.get(k)!r})" for k in ("model", "stage", "image_size", "text_len")
+           if saved.get(k) != ours.get(k)]
+    a, b = saved.get("shapes", {}), ours.get("shapes", {})
+    shapes = [f"{k} {a.get(k)} (this run: {b.get(k)})" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    if shapes:
+        out.append(f"{len(shapes)} tensor shape(s) differ, e.g. {shapes[0]}")
+    return out
+
+
+class NoSpace(OSError):
+    """The disk filled up during a save; the message is one line."""
+
+
+def _no_space(e: BaseException):
+    """The path (or "" if unknown) of an ENOSPC somewhere in `e` (DCP wraps a rank's errors), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e.filename or ""
+        for failure in (getattr(e, "failures", None) or {}).values():
+            inner = _no_space(failure[0] if isinstance(failure, tuple) else failure)
+            if inner is not None:
+                return inner
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class CheckpointWarning(UserWarning):
@@ -132,6 +174,7 @@ class CheckpointManager:
         self.root = Path(root)
         self.every_steps, self.every_minutes, self.keep = every_steps, every_minutes, keep
         self.world = world
+        self.fingerprint = None  # set by the loop: written with each checkpoint, checked on resume
         self._last_save = time.monotonic()
 
     @classmethod
@@ -153,14 +196,58 @@ class CheckpointManager:
         return step % self.every_steps == 0 or any_rank(self.world, late and self._main)
 
     def complete(self) -> list[Path]:
-        """Complete checkpoint directories (with a manifest), newest first."""
+        """Complete checkpoint directories (with a manifest), newest first; one without a
+        manifest is reported (main rank) and skipped."""
         if not self.root.is_dir():
             return []
-        dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.suffix != ".tmp"]
+        dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.suffix != ".tmp"
+                and p.name[len(PREFIX):].isdigit()]
+        for p in dirs:
+            if not (p / MANIFEST).exists() and self._main:
+                warnings.warn(f"checkpoint {p} has no {MANIFEST} (an incomplete save); skipped", CheckpointWarning)
         dirs = [p for p in dirs if (p / MANIFEST).exists()]
         return sorted(dirs, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
+    def _saved_fingerprint(self, path: Path) -> dict | None:
+        try:
+            value = json.loads((path / FINGERPRINT).read_text())
+        except (OSError, ValueError):
+            return None  # made before fingerprints existed, or unreadable: the load itself decides
+        return value if isinstance(value, dict) else None
+
+    def _ours(self, path: Path) -> bool:
+        saved = self._saved_fingerprint(path)
+        return self.fingerprint is None or saved is None or not fingerprint_differences(saved, self.fingerprint)
+
+    def check_fingerprints(self) -> None:
+        """Raise IncompatibleCheckpoint naming what differs if a complete checkpoint here was
+        made for another model, stage or shapes (never a silent fresh start)."""
+        if self.fingerprint is None:
+            return
+        for path in self.complete():
+            saved = self._saved_fingerprint(path)
+            diff = fingerprint_differences(saved, self.fingerprint) if saved is not None else []
+            if diff:
+                raise IncompatibleCheckpoint(f"checkpoint {path} was made for another model or stage: {'; '.join(diff)}; "
+                                             "resume with the recipe it was made with, or pass --fresh")
+
     def save(self, strategy, step: int, extra: dict) -> Path:
+        """Write a checkpoint of `step`. A full disk raises NoSpace (one line naming the path and
+        the checkpoint kept) after removing the half-written directory."""
+        tmp = (self.root / f"{PREFIX}{step:08d}").with_suffix(".tmp")
+        try:
+            return self._save(strategy, step, extra)
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            where = _no_space(e)
+            if where is None:
+                raise
+            if self._main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = self.complete()
+            raise NoSpace(f"no space left on device writing {where or tmp}; previous checkpoint "
+                          f"{kept[0] if kept else '(none)'} kept") from None
+
+    def _save(self, strategy, step: int, extra: dict) -> Path:
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = final.with_suffix(".tmp")
         if self._main:
@@ -171,6 +258,9 @@ class CheckpointManager:
         self._barrier()
         files = _checksums(tmp, self.world)
         if self._main:
+            if self.fingerprint is not None:
+                (tmp / FINGERPRINT).write_text(json.dumps(self.fingerprint))
+                files[FINGERPRINT] = [(tmp / FINGERPRINT).stat().st_size, _crc32(tmp / FINGERPRINT)]
             manifest = {"step": step, "time": time.time(), "world_size": strategy.world.world_size, "files": files}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
@@ -179,7 +269,7 @@ class CheckpointManager:
             if final.exists():  # a step saved twice (e.g. preempted right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for old in self.complete()[self.keep:]:
+            for old in [p for p in self.complete() if self._ours(p)][self.keep:]:  # never another run's
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
         self._last_save = time.monotonic()

@@ -105,3 +105,12 @@ class FaultMonitor:
             self.message = f"preempted by {who} after step {step}; checkpoint written, exit {exitcodes.PREEMPTED} (requeue)"
             return exitcodes.PREEMPTED
         return None
+
+
+def nonfinite_weights(state: dict) -> str | None:
+    """None if every floating tensor of `state` is finite, else which are not (a stage ending
+    like this must not write its weights: the next stage would start from them)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return None
+    return f"{len(bad)} of {len(state)} tensors are not finite, e.g. {bad[0]}"
