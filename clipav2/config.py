@@ -32,7 +32,7 @@ IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
-ATTENTION = ("sdpa", "flash_attn", "xformers")
+ATTENTION = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")  # clipav2.models.attention.BACKENDS
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
 
@@ -56,8 +56,8 @@ class DataConfig:
     eval_templates: str = "imagenet"  # imagenet | demo | path to a text file (one per line)
     retrieval: typing.Optional[str] = None  # image-text shards for recall@k
     vocab: typing.Optional[str] = None  # WordPiece vocabulary file (else CLIPAV2_VOCAB, else hub)
-    workers: int = 4
-    shuffle_buffer: int = 10000
+    workers: typing.Optional[int] = None  # loader processes per rank; None: CPUs per GPU - 1 (data.loader)
+    shuffle_buffer: int = 10000  # records in the shuffle buffers of ALL ranks and workers together
     prefetch: int = 4
     pin_memory: bool = True
     fast_decode: bool = True
@@ -345,7 +345,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"parallel.timeout_minutes: {p.timeout_minutes} must be > 0")
     d = cfg.data
     for key in ("workers", "shuffle_buffer", "prefetch"):
-        if getattr(d, key) < 0:
+        if getattr(d, key) is not None and getattr(d, key) < 0:
             raise ConfigError(f"data.{key}: {getattr(d, key)} must be >= 0")
     if d.vocab is not None and not Path(d.vocab).is_file():
         raise ConfigError(f"data.vocab: no such file {d.vocab!r}")

@@ -126,6 +126,7 @@ class Trainer:
     # ------------------------------------------------------------------ one stage
     def run_stage(self, index: int) -> int:
         from clipav2.data import build_train_loader
+        from clipav2.data.loader import host_memory_note
         from clipav2.eval.periodic import PeriodicEval
         from clipav2.cost.plan import kept_image_tokens
         from clipav2.models.arch import get_arch
@@ -154,6 +155,7 @@ class Trainer:
             return exitcodes.BUDGET
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
+        _say(world, host_memory_note(loader, stage))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
@@ -179,13 +181,17 @@ class Trainer:
         self.metrics.start_stage(stage.name, stage.steps, step, index, periodic.offset)
         batches = iter(loader)
         window = _Window()
+        first_step = step
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
             t_step = time.perf_counter()
             if audit is not None:
                 audit.write(stage.name, step, micro)
-            result = runner.run(micro, step)  # device tensors: no host sync here
+            if step == first_step:  # the stage's first step: say which kernel ran
+                result = self._first_step(runner, micro, step)
+            else:
+                result = runner.run(micro, step)  # device tensors: no host sync here
             t_done = time.perf_counter()
             step += 1
             self._charge(stage.name, "data_wait", t_step - t_wait)
@@ -225,6 +231,15 @@ class Trainer:
             self.ledger.write(self.run_dir)
         self.t_start = time.perf_counter()
         return exitcodes.OK
+
+    def _first_step(self, runner, micro, step):
+        """A step under the profiler, to print the attention kernel SDPA really chose."""
+        from clipav2.models.kernels import attention_kernels, describe
+
+        with attention_kernels() as ran:
+            result = runner.run(micro, step)
+        _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        return result
 
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"
