@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from clipav2.reduce.text import REDUCTIONS as _TEXT_REDUCTIONS
+
 from clipav2.train.decay import RULES as DECAY_RULES
 
 
@@ -27,7 +29,7 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
+TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
 ATTENTION = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")  # clipav2.models.attention.BACKENDS
