@@ -8,6 +8,7 @@ from pathlib import Path
 
 from clipav2 import exitcodes
 from clipav2.config import ConfigError, load_config
+from clipav2.models.weights_file import WeightsFileError
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +51,7 @@ def main(args) -> int:
                 except (FileNotFoundError, ValueError) as e:
                     raise ConfigError(f"{key}: {e}") from None
         stage = _choose_stage(cfg, args)
-    except ConfigError as e:
+    except (ConfigError, WeightsFileError) as e:
         print(f"clipav2 eval: {e}", file=sys.stderr)
         return exitcodes.CONFIG
 
@@ -62,7 +63,11 @@ def main(args) -> int:
     from clipav2.train.stages import enter_stage
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, name=cfg.model.name, attention=cfg.model.attention)
+    try:
+        model = load_model(args.checkpoint, name=cfg.model.name, attention=cfg.model.attention)
+    except WeightsFileError as e:
+        print(f"clipav2 eval: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
     enter_stage(model, stage)
     try:
         result = evaluate(model.to(device), cfg, stage, device)

@@ -78,7 +78,8 @@ class TrainLoader:
                           max(1, self.layout["shuffle_buffer"]), self.generation)
         dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
                                [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
-        extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch)} if self.workers else {}
+        extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch),
+                 "worker_init_fn": _ignore_ctrl_c} if self.workers else {}
         return DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory, **extra)
 
     def __iter__(self):
@@ -130,3 +131,11 @@ class TrainLoader:
 
 def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:
     return TrainLoader(cfg, stage, world, text_transform, state)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Workers leave Ctrl-C (sent to the whole process group) to the training process, which
+    checkpoints first (clipav2.train.faults)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
