@@ -11,6 +11,7 @@ COMMANDS = {
     "eval": ("eval", "zero-shot classification / retrieval of a checkpoint"),
     "plan": ("plan", "per-stage samples, steps, FLOPs, GPU-hours and cost of a recipe"),
     "budget": ("budget", "the cost report of a run directory"),
+    "compare": ("compare", "zero-shot accuracy against cost for several runs (trains recipes first)"),
     "models": ("models", "list the architectures with parameters and GFLOPs"),
     "convert": ("convert", "convert checkpoints to or from open_clip's layout"),
     "text": ("text", "tokenizer and text-reduction tools (preview)"),

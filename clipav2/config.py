@@ -28,7 +28,7 @@ STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
 ATTENTION = ("sdpa", "flash_attn", "xformers")
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
@@ -42,7 +42,7 @@ class ModelConfig:
     ln_eps: float = 1e-6
     attention: str = "sdpa"
     checkpointing: str = "none"  # none | all | every_<k>
-    compile: bool = False
+    compile: typing.Optional[bool] = None  # None: on CUDA, off on the CPU
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ParallelConfig:
     zero_stage: int = 2
     micro_batch: int = 32  # per GPU; a stage may override it
     grad_accum: typing.Optional[int] = None  # None: global_batch // (world * micro_batch)
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
+    precision: str = "auto"  # auto: bf16_autocast on CUDA, fp32 on the CPU (docs/engine.md)
     reshard_after_forward: bool = True
     hsdp_shard_size: typing.Optional[int] = None  # FSDP2 HSDP: GPUs per shard group (e.g. 8)
     deepspeed_config: typing.Optional[str] = None  # a user's DS JSON merged over ours
@@ -89,12 +89,16 @@ class LogConfig:
     tensorboard: bool = True
     progress: bool = True
     sample_keys: bool = False  # audit trail: RUN_DIR/samples/rank_<r>.txt, one "stage step keys" line per step
+    progress_seconds: float = 60.0  # without a terminal: one plain progress line at most this often
+    wandb: typing.Optional[str] = None  # a Weights & Biases project (pip install wandb; WANDB_MODE=offline works offline)
 
 
 @dataclass
 class EvalConfig:
     at_stage_end: bool = True  # zero-shot eval after each stage -> RUN_DIR/eval.jsonl
     batch_size: int = 256
+    every_samples: int = 0  # also zero-shot every N samples of the recipe (0: off), split over the ranks
+    every_minutes: float = 0.0  # also zero-shot every N minutes of training (0: off)
     protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
 
@@ -348,6 +352,16 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
     _positive("log.every_steps", cfg.log.every_steps)
     _positive("eval.batch_size", cfg.eval.batch_size)
+    for key in ("every_samples", "every_minutes"):
+        if getattr(cfg.eval, key) < 0:
+            raise ConfigError(f"eval.{key}: {getattr(cfg.eval, key)} must be >= 0 (0: off)")
+    if cfg.log.progress_seconds <= 0:
+        raise ConfigError(f"log.progress_seconds: {cfg.log.progress_seconds} must be > 0")
+    if cfg.log.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"log.wandb: {cfg.log.wandb!r} needs the wandb package (pip install wandb), which is not installed")
     _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
     _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
     c = cfg.cost

@@ -1,4 +1,4 @@
-"""CLIP's softmax InfoNCE over the global batch (spec section 3): ½(CE image->text + CE
+"""CLIP's softmax InfoNCE over the global batch (clipa_jax `loss_use_global_batch`): ½(CE image->text + CE
 text->image). Each rank scores its own rows against the features of every rank, gathered with
 gradients (torch.distributed.nn.functional.all_gather sums the gradients back on the way down),
 so the mean of the ranks' losses is the single-process loss over the global batch, in value and
@@ -21,13 +21,16 @@ def gather_with_grad(x: torch.Tensor, world) -> torch.Tensor:
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, world=None) -> torch.Tensor:
     """This rank's share of the global InfoNCE loss. `image_emb`/`text_emb`: (b, d) normalised
-    features of this rank's micro-batch; `logit_scale`: the already-exponentiated temperature."""
+    features of this rank's micro-batch; `logit_scale`: the already-exponentiated temperature.
+    The logits are computed in fp32 whatever the tower precision (b x d casts, cheap)."""
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"clip_loss: image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} must be equal (b, d)")
     all_image = gather_with_grad(image_emb, world)
     all_text = gather_with_grad(text_emb, world)
     rank = 0 if world is None else world.rank
     labels = torch.arange(image_emb.shape[0], device=image_emb.device) + rank * image_emb.shape[0]
-    logits_per_image = logit_scale * image_emb @ all_text.T
-    logits_per_text = logit_scale * text_emb @ all_image.T
-    return 0.5 * (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels))
+    scale = logit_scale.float()
+    with torch.autocast(image_emb.device.type, enabled=False):
+        logits_per_image = scale * image_emb.float() @ all_text.float().T
+        logits_per_text = scale * text_emb.float() @ all_image.float().T
+    return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))

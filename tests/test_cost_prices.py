@@ -25,7 +25,7 @@ def test_the_paper_price_and_peaks():
 def test_h100_form_factors_have_their_own_peaks():
     """NVIDIA's datasheet gives bf16 with sparsity (SXM 1,979, PCIe 1,513, NVL 1,671 TFLOP/s);
     the dense peak is half."""
-    from clipav2.perf.peaks import peak_tflops
+    from clipav2.cost.mfu import peak_tflops
 
     for device, sparse in [("NVIDIA H100 80GB HBM3", 1979), ("NVIDIA H100 PCIe", 1513), ("NVIDIA H100 NVL", 1671)]:
         assert peak_tflops(device) == pytest.approx(sparse / 2, abs=0.5), device

@@ -51,7 +51,7 @@ def _step(*overrides, model="tiny", micro=4, global_batch=4):
 @pytest.mark.parametrize("optimizer", [["parallel.fused_optimizer=true"], ["parallel.bf16_momentum=true"]],
                          ids=["fused AdamW", "bf16 momentum"])
 def test_the_step_never_syncs_the_host(optimizer, global_batch):
-    step, batches = _step("parallel.precision=bf16", "stages.s.grad_clip=1.0", *optimizer, global_batch=global_batch)
+    step, batches = _step("parallel.precision=bf16_autocast", "stages.s.grad_clip=1.0", *optimizer, global_batch=global_batch)
     step(next(batches))  # first step: lazy state (optimizer moments, handles) is built here
     torch.cuda.synchronize()
     with host_syncs_raise():
@@ -68,7 +68,7 @@ def _losses(step, batches, n):
 def test_fused_adamw_skips_an_inf_step_on_the_device():
     """[good, inf, good] leaves weights and moments exactly as [good, good] does (the step count
     too, or the bias correction would differ), decided on the device."""
-    from clipav2.train.optim import build_optimizer, skip_step_on_device
+    from clipav2.optim import build_optimizer, skip_step_on_device
 
     stage = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=32",
                                "stages.s.weight_decay=0.2"]).stages[0]
@@ -97,8 +97,8 @@ def test_fused_adamw_skips_an_inf_step_on_the_device():
 
 def test_demo_model_in_bf16_follows_fp32_over_20_steps():
     curves = {p: [r.loss for r in _losses(*_step(f"parallel.precision={p}", model="demo", micro=32, global_batch=32), 20)]
-              for p in ("fp32", "bf16")}
-    fp32, bf16 = curves["fp32"], curves["bf16"]
+              for p in ("fp32", "bf16_autocast")}
+    fp32, bf16 = curves["fp32"], curves["bf16_autocast"]
     assert fp32[0] == pytest.approx(bf16[0], rel=1e-2)  # the same weights, rounding only
     assert fp32[-1] < 0.8 * fp32[0] and bf16[-1] < 0.8 * bf16[0], curves  # both learn
     # bf16 rounding moves the trajectory a little at every step; it must not drift away

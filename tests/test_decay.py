@@ -8,7 +8,7 @@ import pytest
 
 import clipav2
 from clipav2.train.decay import decays
-from clipav2.train.optim import param_groups
+from clipav2.optim import param_groups
 
 
 def _jax_names(ours: str) -> list[str]:

@@ -9,6 +9,7 @@ import torch
 import clipav2
 from clipav2.models import create_model
 from clipav2.models.posembed import sincos_2d
+from clipav2.parallel.apply import apply_ac
 
 
 def _inputs(model, batch=2):
@@ -23,7 +24,7 @@ def test_forward_gives_unit_embeddings_and_initial_temperature():
     assert img.shape == txt.shape == (3, 32)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(3))
-    assert model.logit_scale.ndim == 0 and model.logit_scale.dtype == torch.float32
+    assert model.logit_scale.shape == (1,) and model.logit_scale.dtype == torch.float32
     assert scale.item() == pytest.approx(1 / 0.07)  # exp(log(1/0.07)), not clamped
     assert "visual.pos_embed" not in model.state_dict()  # the sin-cos table is a buffer
 
@@ -45,7 +46,7 @@ def test_keep_of_all_patches_in_any_order_equals_no_keep():
 
 
 def _jax_sincos(h, w, width):
-    """big_vision's posemb_sincos_2d, written from the spec's formula in numpy."""
+    """big_vision's posemb_sincos_2d (big_vision/models/vit.py), written again in numpy."""
     y, x = np.mgrid[:h, :w]
     omega = np.arange(width // 4) / (width // 4 - 1)
     omega = 1.0 / (10000**omega)
@@ -103,10 +104,10 @@ def test_checkpointing_gives_the_same_gradients(mode, recomputed):
     images, ids = _inputs(model)
     calls = []
     for block in model.visual.blocks:
-        block.register_forward_pre_hook(lambda *_: calls.append(1))
+        block.attn.register_forward_pre_hook(lambda *_: calls.append(1))  # once per run of the block
     reference = _grads(model, images, ids)
     assert len(calls) == 4
-    model.set_checkpointing(mode)
+    apply_ac(model, mode)
     calls.clear()
     got = _grads(model, images, ids)
     assert len(calls) == 4 + recomputed  # checkpointed blocks ran again in backward
@@ -127,7 +128,7 @@ def test_meta_device_builds_without_allocating():
         (lambda: create_model("ViT-Z-99"), "unknown architecture 'ViT-Z-99'"),
         (lambda: create_model("ViT-L-14-CLIPA", image_size=225), "not a multiple of the patch size 14"),
         (lambda: create_model("tiny").set_image_size(36), "36 is not a multiple of the patch size 8"),
-        (lambda: create_model("tiny", checkpointing="every_0"), "every_<k>"),
+        (lambda: apply_ac(create_model("tiny"), "every_0"), "every_<k>"),
         (lambda: create_model("tiny", pos_embed="rope"), "pos_embed"),
         (lambda: create_model("tiny", gelu="quick"), "gelu"),
         (lambda: create_model("tiny", attention="magic"), "unknown attention backend 'magic'"),

@@ -8,7 +8,7 @@ import torch
 
 from clipav2 import exitcodes
 from clipav2.parallel.base import StepResult
-from clipav2.parallel.nosync import forbid_host_sync
+from nosync import forbid_host_sync
 from clipav2.parallel.skips import SkipCounter
 from clipav2.train import faults
 from clipav2.train.faults import FaultMonitor, install_signal_handlers

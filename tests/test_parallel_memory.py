@@ -7,7 +7,7 @@ import torch
 import clipav2
 from clipav2.config import StageConfig
 from clipav2.loss import clip_loss
-from clipav2.train.optim import build_optimizer
+from clipav2.optim import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
 import memory_bench  # noqa: E402

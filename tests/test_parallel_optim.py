@@ -9,7 +9,7 @@ import clipav2
 from clipav2.config import ConfigError, StageConfig, load_config
 from clipav2.parallel import build_strategy, check_parallel_config
 from clipav2.parallel.env import World, first_host, launcher_env
-from clipav2.train.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
+from clipav2.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
 
 
 def test_weight_decay_on_weight_matrices_only():

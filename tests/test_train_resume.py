@@ -2,7 +2,7 @@
 with the same weights as an uninterrupted run, having trained on exactly the same samples at
 every step (nothing repeated, nothing skipped). The engine's own tests cover each strategy with a
 synthetic driver; this one covers the loop around it: stage files, data position, kept-patch
-seeds, the RNG, the ledger."""
+seeds, the RNG, the ledger, zero-shot evaluations during the stage."""
 import json
 import os
 import signal
@@ -42,7 +42,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path, data):
     recipe = tiny_recipe(
         tmp_path / "r.yaml", data, tmp_path / "unused",
         **{"stages.finetune.samples": 320, "checkpoint.every_steps": 4, "log.sample_keys": True,
-           "eval.at_stage_end": False, "data.workers": 1},
+           "eval.at_stage_end": False, "eval.every_samples": 96, "data.workers": 1},
     )
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     done = subprocess.run(_cmd(recipe, ref), env=_env(), capture_output=True, text=True, timeout=600)
@@ -73,3 +73,10 @@ def test_sigkill_mid_stage_then_resume(tmp_path, data):
     ledger = json.loads((cut / "ledger.json").read_text())
     assert ledger["stages"]["finetune"]["steps"] == 20 and ledger["stages"]["pretrain"]["steps"] == 4
     assert ledger["stages"]["pretrain"]["gpu_seconds"]["train"] > 0
+    # zero-shot every 96 recipe samples (the 64 of pre-training, then the fine-tune's): it left the
+    # training as it was (the weights above), and after the restart the same evaluations agree
+    def evals(run):
+        return {(e["stage"], e["step"]): (e["top1"], e["top5"]) for e in map(json.loads, (run / "eval.jsonl").read_text().splitlines())}
+
+    assert sorted(evals(ref)) == [("finetune", 2), ("finetune", 8), ("finetune", 14), ("finetune", 20)]
+    assert evals(cut) == evals(ref)

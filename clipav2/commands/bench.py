@@ -8,6 +8,7 @@ samples/s/GPU, TFLOP/s, MFU, peak memory, data wait) on synthetic on-device inpu
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -27,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--search-probes", type=int, default=8, help="most micro-batches the auto search tries (each builds the model)")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per timed optimizer step (default 1)")
     parser.add_argument("--strategy", choices=STRATEGIES, help="override parallel.strategy")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each transformer block (default: on CUDA only)")
     parser.add_argument("--attention", choices=ATTENTION, help="override model.attention")
     parser.add_argument("--checkpointing", help="override model.checkpointing: none, all, every_<k>")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when there is one")

@@ -2,7 +2,9 @@
 
 The cost report of a finished, running or copied run directory: per stage samples, GPU-hours by
 kind, dollars, samples/s/GPU, MFU and projected cost, the budget lines, the paper's A100 figures,
-and a plot of cumulative dollars against samples seen. Needs RUN_DIR/ledger.json only.
+a plot of cumulative dollars against samples seen and, when RUN_DIR/eval.jsonl has evaluations,
+one of zero-shot top-1 against dollars and GPU-hours (PLOT_accuracy.png beside PLOT). Needs
+RUN_DIR/ledger.json only.
 """
 import sys
 from pathlib import Path
@@ -32,13 +34,16 @@ def main(args) -> int:
     except (LedgerError, PriceError) as e:
         print(f"clipav2 budget: {e}", file=sys.stderr)
         return exitcodes.CONFIG
-    png = None
+    png = accuracy_png = None
     if args.plot or args.html:
         from clipav2.cost.plot import write_plot
 
         png = Path(args.plot) if args.plot else Path(args.html).with_suffix(".png")
         write_plot(run, report, png)
+        accuracy_png = _accuracy_plot(args.run_dir, png)
     md = to_markdown(report, _relative(png, args.out) if png else None)
+    if png and accuracy_png:
+        md += f"\n![zero-shot top-1 against cost]({_relative(accuracy_png, args.out)})\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(md)
@@ -48,9 +53,19 @@ def main(args) -> int:
     if args.html:
         Path(args.html).write_text(to_html(report, png))
         print(f"wrote {args.html}")
-    if args.plot:
-        print(f"wrote {args.plot}")
+    for written in (args.plot, accuracy_png):
+        if written:
+            print(f"wrote {written}")
     return exitcodes.OK
+
+
+def _accuracy_plot(run_dir, png: Path):
+    from clipav2.cost.accuracy import load_curve, write_accuracy_plot
+
+    curve = load_curve(run_dir)
+    if not curve.points:
+        return None
+    return write_accuracy_plot([curve], png.with_name(png.stem + "_accuracy.png"))
 
 
 def _relative(png: Path, out) -> str:

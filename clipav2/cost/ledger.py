@@ -34,7 +34,8 @@ class Ledger:
     """Usage in the loop (main rank):
 
         ledger = Ledger.resume(ckpt_extra.get("ledger"), run_dir, gpus=world, price=price)
-        with ledger.track("train", stage.name): ...one step...
+        with ledger.track("checkpoint", stage.name): ...write a checkpoint...
+        ledger.add(stage.name, "train", seconds)    # a step, timed together with its data wait
         ledger.set_progress(stage.name, step, samples_seen)
         ledger.write(run_dir, projection=...)       # every log interval
         extra["ledger"] = ledger.state_dict()      # every checkpoint

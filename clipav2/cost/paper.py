@@ -26,6 +26,8 @@ PAPER_RUNS = (
     PaperRun("CLIPA-v2 H/14 + 128M@336", "ViT-H-14-CLIPA", (84, 224, 336), 7776 + 864, 12247 + 1366, 81.8),
     PaperRun("CLIPA-v2 bigG/14 @84 + @224", "ViT-bigG-14-CLIPA", (84, 224), 21998, 34646, 82.7),
     PaperRun("CLIPA-v2 bigG/14 + @336", "ViT-bigG-14-CLIPA", (84, 224, 336), 23742, 39056, 83.0),
+    # the same H/14 schedule on LAION-2B (after the DataComp-1B row above, which `matching_run` finds first)
+    PaperRun("CLIPA-v2 H/14 12.8B@84 + 512M@224 + 128M@336 (LAION-2B)", "ViT-H-14-CLIPA", (84, 224, 336), 8640, 13613, 79.1),
 )
 OPENCLIP_RUNS = (
     PaperRun("OpenCLIP H/14 32B@224 (LAION-2B)", "ViT-H-14", (224,), 216712, 247864, 78.0),
@@ -43,3 +45,10 @@ def matching_run(model: str, resolutions) -> PaperRun | None:
         if run.model == model and run.resolutions == tuple(resolutions):
             return run
     return None
+
+
+def published_points(model: str, resolutions) -> list[PaperRun]:
+    """The paper's runs of `model` (cost against accuracy), when this recipe is one of them."""
+    if matching_run(model, resolutions) is None:
+        return []
+    return sorted((r for r in PAPER_RUNS if r.model == model), key=lambda r: r.a100_hours)

@@ -1,5 +1,6 @@
 """The budget report's figure: cumulative dollars against samples seen, with the plan, the
-projection, the budget line(s) and the stage boundaries."""
+projection, the recipe's budget (when it sets one) and the stage boundaries; linear axes.
+(Accuracy against dollars: cost/accuracy.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -84,21 +85,17 @@ def write_plot(run: RunData, report: dict, path) -> Path:
     order = [s["name"] for s in report["stages"]]
     offsets = stage_offsets(run, order)
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    measured = measured_curve(run, order, offsets)
-    top = max([y for _, y in measured] + [report["projected_total_usd"] or 0.0])
-    log_scale = top > 0 and min(report["budget_lines"]) > 20 * top  # a small run under a five-figure budget
-    shown = [(x, y) for x, y in measured if y > 0 or not log_scale]
+    shown = measured = measured_curve(run, order, offsets)
     label = "spent (metrics.jsonl + ledger)" if run.metrics else "spent (ledger, at stage ends)"
     ax.plot(*zip(*shown), color="tab:blue", lw=2, marker="." if len(shown) < 40 else None, label=label)
     planned = plan_curve(run, order, offsets)
-    planned = [(x, y) for x, y in planned or [] if y > 0 or not log_scale]
     if planned:
         ax.plot(*zip(*planned), color="tab:gray", ls="--", lw=1.5, label="plan (first stage's measured speed)")
     if report["projected_total_usd"] is not None and run.cfg is not None:
         ax.plot([measured[-1][0], offsets["_end"]], [measured[-1][1], report["projected_total_usd"]],
                 color="tab:orange", ls=":", lw=2, label=f"projection (${report['projected_total_usd']:,.2f})")
-    for i, line in enumerate(report["budget_lines"]):
-        ax.axhline(line, color="tab:red", ls="-." if i else "-", lw=1.2, label=f"budget ${line:,.0f}")
+    if report["budget_usd"]:
+        ax.axhline(report["budget_usd"], color="tab:red", lw=1.2, label=f"budget ${report['budget_usd']:,.0f}")
     for name in order[1:]:
         ax.axvline(offsets[name], color="black", lw=0.8, alpha=0.4)
     for name in order:
@@ -107,11 +104,7 @@ def write_plot(run: RunData, report: dict, path) -> Path:
     ax.set_ylabel(f"cumulative cost (USD, {run.ledger.gpus} x {run.ledger.accelerator} at ${run.ledger.price:.3f}/GPU-h)")
     ax.set_title(f"Cost of {run.run_dir.name}: ${report['total_cost_usd']:,.2f} spent")
     ax.set_xlim(left=0)
-    if log_scale:  # keep both the curve and the budget lines readable
-        ax.set_yscale("log")
-        ax.set_ylim(bottom=top / 1000)
-    else:
-        ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.92), fontsize=8)
     fig.tight_layout()

@@ -30,9 +30,10 @@ BACKGROUNDS = {"grey": (128, 128, 128), "white": (235, 235, 230), "black": (25, 
                "brown": (115, 85, 55), "pink": (240, 185, 200), "teal": (40, 120, 120)}
 SIZES = {"small": 0.15, "medium": 0.22, "large": 0.3}  # radius as a fraction of the image side
 MAIN_SIZES, OTHER_SIZES = ("medium", "large"), ("small",)
+N_OBJECTS = (1, 1, 2, 2, 3)  # objects per training scene, drawn uniformly from this tuple
 TEXTURES = ("plain", "plain", "plain", "striped", "dotted", "checkered")  # mostly plain: the outline stays clear
 # Verbs the syntax table ranks below nouns and adjectives (tagged on their own, "sits" would be a noun).
-VERBS = (("is", "are"), ("appears", "appear"), ("is shown", "are shown"), ("is seen", "are seen"), ("is placed", "are placed"))
+VERBS = (("is shown", "are shown"), ("appears", "appear"), ("is seen", "are seen"), ("is drawn", "are drawn"), ("is pictured", "are pictured"))
 NUMBERS = {2: "two", 3: "three"}
 PLACES = (("in the upper left", "at the top", "in the upper right"), ("on the left", "in the middle", "on the right"),
           ("in the lower left", "at the bottom", "in the lower right"))
@@ -191,7 +192,7 @@ def write_demo(out_dir, seed: int = 0, n_train: int = 20000, n_eval: int = 1200,
     rng = random.Random(seed)
     with ShardSink(out / "train", maxcount=shard_size) as sink:
         for i in range(n_train):
-            scene = random_scene(rng, rng.choice((1, 1, 2, 2, 3)))
+            scene = random_scene(rng, rng.choice(N_OBJECTS))
             sink.write({"__key__": f"train{i:07d}", "jpg": _jpeg(render(scene, image_size, rng)), "txt": caption(scene)})
     names = classnames()
     with ShardSink(out / "eval", maxcount=shard_size) as sink:

@@ -32,10 +32,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DRAFT_SCALES = (8, 4, 2)
 
 
+_NORMALIZE: dict = {}  # device -> (mean, std): built once, so the step copies nothing host->device
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device not in _NORMALIZE:
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+        _NORMALIZE[device] = (mean.to(device), std.to(device))
+    return _NORMALIZE[device]
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (..., 3, H, W) in [0, 255] -> ImageNet-normalised float, on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return ((images.float() - mean) / std).to(dtype)
 
 

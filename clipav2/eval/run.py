@@ -1,7 +1,12 @@
 """Evaluate a model the way a stage is evaluated, under the config's `eval.protocol`
 (`clipav2.eval.protocol`, docs/eval.md): the stage's image size and eval transform (pre-training:
 short side + centre crop; fine-tuning: direct resize), prompts tokenized at the stage's text
-length, tokenizer mode and (clipa) text reduction."""
+length, tokenizer mode and (clipa) text reduction.
+
+With `world` (a distributed run, evaluating while it trains) every rank classifies its own share
+of the set and the counts are summed; the forwards run in lock-step (a rank whose share is done
+runs placeholder forwards while others still have images), because FSDP2 and ZeRO-3 gather the
+parameters collectively inside every forward."""
 from __future__ import annotations
 
 import torch
@@ -9,13 +14,16 @@ import torch
 from clipav2.eval import protocol, retrieval, sets, zeroshot
 
 
-def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None) -> dict:
+def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None, world=None) -> dict:
     """{"zero_shot": {...top1, top5, n, classes, chance}, "retrieval": {...R@k}} for the sets
-    given (default: the config's data.eval / data.retrieval). `model` is a plain CLIP module."""
+    given (default: the config's data.eval / data.retrieval). `model` has `encode_image` and
+    `encode_text` (a plain CLIP module, or `periodic.EngineModel`). With a distributed `world`:
+    zero-shot only, split over the ranks (a collective: every rank calls it)."""
     from clipav2.data import normalize
 
+    shared = world is not None and world.distributed
     classify_path = classify_path or cfg.data.eval
-    retrieval_path = retrieval_path or cfg.data.retrieval
+    retrieval_path = None if shared else retrieval_path or cfg.data.retrieval
     how = cfg.eval.protocol
     tok = protocol.prompt_tokenizer(how, stage, vocab=cfg.data.vocab, seed=cfg.seed)
     kind = protocol.image_kind(how, stage.eval_transform)
@@ -26,9 +34,13 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None)
         if classify_path:
             names, prompts = protocol.zero_shot_prompts(how, cfg.data.eval_classnames, cfg.data.eval_templates, classify_path)
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
+            part = (world.rank, world.world_size) if shared else (0, 1)
             batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
-                                                  cfg.data.workers, protocol=how, classes=len(names))
-            result = zeroshot.classify(model, batches, classes, normalize, device)
+                                                  cfg.data.workers, protocol=how, classes=len(names), part=part)
+            if shared:
+                result = _classify_shared(model, batches, classes, normalize, device, world, stage.image_size)
+            else:
+                result = zeroshot.classify(model, batches, classes, normalize, device)
             out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names)}
         if retrieval_path:
             batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
@@ -36,6 +48,48 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
             out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0]}
     return out
+
+
+class _Lockstep:
+    """This rank's batches, for as long as any rank has one; once this rank's share is done it
+    runs `placeholder()` (one forward) per batch the others still take."""
+
+    def __init__(self, batches, world, placeholder):
+        self.batches, self.world, self.placeholder, self.real = batches, world, placeholder, 0
+
+    def __iter__(self):
+        from clipav2.parallel.env import any_rank
+
+        it = iter(self.batches)
+        while True:
+            batch = next(it, None)
+            if not any_rank(self.world, batch is not None):
+                return
+            if batch is None:
+                self.placeholder()
+            else:
+                self.real += 1
+                yield batch
+
+
+def _classify_shared(model, batches, classes, normalize, device, world, image_size) -> dict:
+    import torch.distributed as dist
+
+    placeholder = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+    steps = _Lockstep(batches, world, lambda: model.encode_image(normalize(placeholder.to(device))))
+    try:
+        local = zeroshot.classify(model, steps, classes, normalize, device)
+    except ValueError:
+        if steps.real:
+            raise
+        local = {"top1": 0.0, "top5": 0.0, "n": 0}  # this rank's share of the set was empty
+    keys = sorted(k for k in local if k.startswith("top"))
+    counts = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"]], dtype=torch.float64, device=device)
+    dist.all_reduce(counts)
+    n = int(round(counts[-1].item()))
+    if n == 0:
+        raise ValueError("zero-shot evaluation set is empty")
+    return {**{k: counts[i].item() / n for i, k in enumerate(keys)}, "n": n}
 
 
 def describe(stage_name: str, result: dict) -> str:

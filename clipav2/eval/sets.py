@@ -54,20 +54,33 @@ class ClassMismatch(ValueError):
     """The class names given do not fit the evaluation set's labels."""
 
 
-class _ShardRecords(IterableDataset):
-    """(uint8 image, target) per good record of the shards, split across loader workers."""
+def _part(part) -> tuple[int, int]:
+    """(index, count) of this loader worker among all workers of all ranks sharing the set."""
+    rank, world = part
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    return rank * nw + wid, world * nw
 
-    def __init__(self, urls, transform, target):
-        self.urls, self.transform, self.target = list(urls), transform, target
+
+class _ShardRecords(IterableDataset):
+    """(uint8 image, target) per good record of the shards, split across ranks (`part`: rank,
+    world) and loader workers: by shard when there are enough shards, else record by record."""
+
+    def __init__(self, urls, transform, target, part=(0, 1)):
+        self.urls, self.transform, self.target, self.part = list(urls), transform, target, part
 
     def __iter__(self):
         from clipav2.data.shards import iter_records
 
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        index, count = _part(self.part)
+        by_shard = len(self.urls) >= count
         events = []
-        for url in self.urls[wid::nw]:
+        n = -1
+        for url in self.urls[index::count] if by_shard else self.urls:
             for _key, record in iter_records(url, events):
+                n += 1
+                if not by_shard and n % count != index:
+                    continue
                 data, target = _image_of(record), self.target(record)
                 if data is None or target is None:
                     continue
@@ -80,7 +93,7 @@ class _ShardRecords(IterableDataset):
 class _Folder(IterableDataset):
     """ImageFolder layout (one sub-directory per class, sorted), read as bytes for EvalTransform."""
 
-    def __init__(self, root, transform):
+    def __init__(self, root, transform, part=(0, 1)):
         from torchvision.datasets.folder import make_dataset
 
         self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
@@ -88,12 +101,11 @@ class _Folder(IterableDataset):
             raise ValueError(f"{root}: no class sub-directories")
         self.samples = make_dataset(str(root), {c: i for i, c in enumerate(self.classes)},
                                     extensions=tuple("." + e for e in IMAGE_EXTS))
-        self.transform = transform
+        self.transform, self.part = transform, part
 
     def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for path, label in self.samples[wid::nw]:
+        index, count = _part(self.part)
+        for path, label in self.samples[index::count]:
             yield self.transform(Path(path).read_bytes()), label
 
 
@@ -125,16 +137,17 @@ def _checked_labels(batches, classes: int, path: str):
 
 
 def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,
-                           protocol: str = "clipa", classes: int | None = None):
+                           protocol: str = "clipa", classes: int | None = None, part=(0, 1)):
     """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder;
-    with `classes`, a set whose classes do not fit that many names is a `ClassMismatch`."""
+    with `classes`, a set whose classes do not fit that many names is a `ClassMismatch`;
+    `part` (rank, world): this rank's share of the set."""
     from clipav2.data import EvalTransform, expand_urls
 
     transform = EvalTransform(image_size, kind, protocol=protocol)
     if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
-        dataset = _Folder(path, transform)
+        dataset = _Folder(path, transform, part)
     else:
-        dataset = _ShardRecords(expand_urls(path), transform, _int_label)
+        dataset = _ShardRecords(expand_urls(path), transform, _int_label, part)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     if classes is None:
         return loader

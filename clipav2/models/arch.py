@@ -57,8 +57,7 @@ class ClipArch:
     text: TextArch
     gelu: str = "tanh"  # "tanh" (JAX) | "exact" (open_clip)
     ln_eps: float = 1e-6  # 1e-6 (JAX) | 1e-5 (open_clip)
-    attention: str = "sdpa"  # "sdpa" | "flash_attn" | "xformers"
-    checkpointing: str = "none"  # "none" | "all" | "every_<k>" (every k-th block)
+    attention: str = "sdpa"  # a backend of clipav2.models.attention
     # random-init rule, see clipav2.models.init: "clipa_jax" | "clipa_jax_t5x" | "open_clip"
     init: str = "clipa_jax"
     logit_scale_max: float | None = None  # open_clip's train loop clamps the scale at 100

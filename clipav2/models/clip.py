@@ -9,13 +9,12 @@ from torch import nn
 from clipav2.models.arch import ClipArch, get_arch
 from clipav2.models.init import init_weights
 from clipav2.models.text import TextTower
-from clipav2.models.transformer import checkpoint_flags
 from clipav2.models.vision import VisionTower
 
 
 class CLIP(nn.Module):
     """`forward(images, ids, keep=None) -> (image_emb, text_emb, logit_scale.exp())`, both
-    embeddings L2-normalised. `logit_scale` is a 0-d parameter in log space, initialised to
+    embeddings L2-normalised. `logit_scale` is a shape-(1,) parameter in log space, initialised to
     log(1/0.07). JAX (CLIPA-v2) does not clamp it; architectures with `logit_scale_max` (CLIPA v1,
     open_clip's train loop: 100) clamp it to [0, log max] in place before each use. Its exp is
     computed in fp32."""
@@ -25,7 +24,7 @@ class CLIP(nn.Module):
         self.arch = arch
         self.visual = VisionTower(arch)
         self.text = TextTower(arch)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
         if not self.text.token_embed.weight.is_meta:
             self.init_weights()
 
@@ -64,25 +63,13 @@ class CLIP(nn.Module):
         self.text.set_text_len(length)
         self.arch = dataclasses.replace(self.arch, text=dataclasses.replace(self.arch.text, context_length=length))
 
-    def set_checkpointing(self, mode: str) -> None:
-        self.visual.checkpointing = checkpoint_flags(mode, len(self.visual.blocks))
-        self.text.checkpointing = checkpoint_flags(mode, len(self.text.blocks))
-        self.arch = dataclasses.replace(self.arch, checkpointing=mode)
-
     def set_attention(self, backend: str) -> None:
         for block in [*self.visual.blocks, *self.text.blocks]:
             block.attn.set_backend(backend)
         self.arch = dataclasses.replace(self.arch, attention=backend)
 
-    def compile_blocks(self) -> None:
-        """torch.compile each transformer block in place. Order matters on the GPU path: compile,
-        then checkpoint (the towers wrap each block call), then shard (the strategy)."""
-        for block in [*self.visual.blocks, *self.text.blocks]:
-            block.compile()
-
 
 def create_model(name: str, **overrides) -> CLIP:
     """Build a named architecture (open_clip's names, e.g. "ViT-H-14-CLIPA", or "tiny"/"demo")
-    with `get_arch` overrides (image_size, context_length, pos_embed, gelu, ln_eps, attention,
-    checkpointing). Under `torch.device("meta")` nothing is allocated or initialised."""
+    with `get_arch` overrides (image_size, context_length, pos_embed, gelu, ln_eps, attention). Under `torch.device("meta")` nothing is allocated or initialised."""
     return CLIP(get_arch(name, **overrides))

@@ -111,8 +111,11 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
 
 def load_weights(model: CLIP, state: dict[str, torch.Tensor]) -> CLIP:
     """Strict load that names every missing, unexpected or wrongly shaped key, then takes the
-    tensors over (cast to the model's parameter dtype) and recomputes the fixed buffers."""
+    tensors over (cast to the model's parameter dtype) and recomputes the fixed buffers. A 0-d
+    temperature (open_clip's, and our files before it became shape (1,)) fits our (1,) one."""
     expected = model.state_dict()
+    if "logit_scale" in state and state["logit_scale"].ndim == 0:
+        state = {**state, "logit_scale": state["logit_scale"].reshape(1)}
     missing, extra = set(expected) - set(state), set(state) - set(expected)
     problems = []
     if missing:
@@ -152,7 +155,7 @@ def from_open_clip(source, name: str, **overrides) -> CLIP:
     """Our model from an open_clip state dict (path or dict) of architecture `name`, with
     open_clip's numerics (exact GELU, LayerNorm eps 1e-5, learned image table). The image size and
     context length are read from the tables; `image_size` / `context_length` overrides resample
-    them after loading, other overrides (attention, checkpointing) go to the architecture."""
+    them after loading, other overrides (attention) go to the architecture."""
     sd = read_state_dict(source)
     unknown = [k for k in sd if _rename(k, 1) is None]
     if unknown:
@@ -190,6 +193,7 @@ def to_open_clip(model: CLIP) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         v = v.detach()
         out[_rename(k, 0)] = v.t().contiguous() if k in _TRANSPOSED else v
+    out["logit_scale"] = out["logit_scale"].reshape(())  # open_clip's temperature is 0-d
     return out
 
 
@@ -249,8 +253,8 @@ def read_metadata(path) -> dict:
 def load_model(path, name: str | None = None, **overrides) -> CLIP:
     """Rebuild a model from a file: ours (architecture from the metadata), an open_clip-layout
     file we exported, or any open_clip checkpoint when `name` is given. `image_size` /
-    `context_length` overrides resample after loading; `attention` / `checkpointing` are runtime
-    choices and never stored."""
+    `context_length` overrides resample after loading; `attention` is a runtime
+    choice and never stored."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -8,7 +8,7 @@ from torch import nn
 
 from clipav2.models.arch import TEXT_POOLS, ClipArch
 from clipav2.models.posembed import resample_1d
-from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
+from clipav2.models.transformer import make_blocks
 
 
 class TextTower(nn.Module):
@@ -22,7 +22,6 @@ class TextTower(nn.Module):
         self.pool = t.pool
         self.blocks = make_blocks(t.depth, t.width, t.heads, t.mlp, arch.gelu, arch.ln_eps, arch.attention,
                                   causal=t.causal)
-        self.checkpointing = checkpoint_flags(arch.checkpointing, t.depth)
         self.norm = nn.LayerNorm(t.width, eps=arch.ln_eps)
         self.head = nn.Linear(t.width, arch.embed_dim, bias=False)
 
@@ -45,7 +44,8 @@ class TextTower(nn.Module):
                 f"got {ids.dtype} {tuple(ids.shape)}; call set_text_len() to change the length"
             )
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]].to(self.token_embed.weight.dtype)
-        x = run_blocks(self.blocks, self.checkpointing, x)
+        for block in self.blocks:
+            x = block(x)
         x = self.norm(x)
         if self.pool == "last":
             return self.head(x[:, -1])

@@ -1,8 +1,7 @@
 """Pre-LN transformer blocks (biases everywhere, GELU tanh|exact, LayerNorm eps from the
-architecture) and the loop that runs them with per-block activation checkpointing."""
-import torch
+architecture). Checkpointing, compile and sharding are applied from outside
+(`clipav2.parallel.apply`)."""
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from clipav2.models.attention import Attention
 
@@ -38,23 +37,3 @@ def make_blocks(depth, width, heads, mlp, gelu, ln_eps, attention, causal=False)
     return nn.ModuleList(Block(width, heads, mlp, gelu, ln_eps, attention, causal) for _ in range(depth))
 
 
-def checkpoint_flags(mode: str, depth: int) -> list[bool]:
-    """Which blocks recompute their activations: "none", "all", or "every_<k>" (blocks k, 2k, ...
-    counted from 1, torchtitan's convention)."""
-    if mode == "none":
-        return [False] * depth
-    if mode == "all":
-        return [True] * depth
-    k = mode[len("every_"):] if mode.startswith("every_") else ""
-    if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"checkpointing must be 'none', 'all' or 'every_<k>' with k >= 1, got {mode!r}")
-    return [(i + 1) % int(k) == 0 for i in range(depth)]
-
-
-def run_blocks(blocks: nn.ModuleList, flags: list[bool], x: torch.Tensor) -> torch.Tensor:
-    for block, recompute in zip(blocks, flags):
-        if recompute and torch.is_grad_enabled():
-            x = checkpoint(block, x, use_reentrant=False)
-        else:
-            x = block(x)
-    return x

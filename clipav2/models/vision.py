@@ -7,7 +7,7 @@ from torch import nn
 
 from clipav2.models.arch import IMAGE_POOLS, POS_EMBEDS, ClipArch
 from clipav2.models.posembed import resample_grid, sincos_2d, sincos_2d_open_clip
-from clipav2.models.transformer import checkpoint_flags, make_blocks, run_blocks
+from clipav2.models.transformer import make_blocks
 
 
 _SINCOS = {"sincos": sincos_2d, "sincos_open_clip": sincos_2d_open_clip}
@@ -41,7 +41,6 @@ class VisionTower(nn.Module):
         self.norm_pre = nn.LayerNorm(v.width, eps=arch.ln_eps) if v.ln_pre else None
         self.image_size = v.image_size
         self.blocks = make_blocks(v.depth, v.width, v.heads, v.mlp, arch.gelu, arch.ln_eps, arch.attention)
-        self.checkpointing = checkpoint_flags(arch.checkpointing, v.depth)
         self.norm = nn.LayerNorm(v.width, eps=arch.ln_eps)
         self.head = nn.Linear(v.width, arch.embed_dim, bias=False)
         self.reset_buffers()
@@ -89,7 +88,8 @@ class VisionTower(nn.Module):
         x = torch.cat([cls, x], dim=1)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
-        x = run_blocks(self.blocks, self.checkpointing, x)
+        for block in self.blocks:
+            x = block(x)
         if self.pool == "avg":
             pooled = x[:, 1:].mean(dim=1)
         elif self.pool == "tok":

@@ -1,15 +1,18 @@
-"""The one interface the training loop sees (DESIGN idea 2). A strategy owns the wrapped model,
-the optimizer and the LR schedule of the current stage:
+"""What an engine gives the step (`clipav2.train.step`, which owns the optimizer step itself). A
+strategy holds the model of the current stage with its techniques applied, the optimizer and the
+LR schedule:
 
-    strategy.setup(model, stage)                      # wrap, build AdamW + warmup/cosine
-    for micro in range(n_micro):
-        strategy.forward_backward(lambda m: clip_loss(*m(images, ids), world), micro, n_micro)
-    result = strategy.step()                          # StepResult(lr, grad_norm, skipped, loss)
+    strategy.setup(model, stage)     # apply_ac, apply_compile, then the engine's own wrapping
+    with strategy.no_sync(last):     # gradient sync on the last micro-step only
+        with strategy.autocast():
+            out = strategy.model(images, ids, keep)
+        strategy.backward(loss, last)
+    norm = strategy.grad_norm(); strategy.clip_grads(norm, max_norm); strategy.optimizer_step(lr, skipped)
     strategy.save(dir, extra) / extra = strategy.load(dir)
     weights = strategy.full_state_dict()              # fp32, complete on rank 0
 
-A non-finite loss or gradient norm skips the optimizer update (the step still counts, so the LR
-schedule and the data stream stay in lock-step with the step number).
+DeepSpeed is the one engine that owns backward and the optimizer step (`owns_update`): its
+engine clips, checks for overflow and steps in `engine.step()`.
 
 No host synchronisation inside the step (single, ddp, fsdp): the skip decision is a device
 tensor (`found_inf`) that the optimizer honours on the device, the result's loss, grad norm and
@@ -19,6 +22,7 @@ the skip on the host inside `engine.step()` (one sync per step its engine makes 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -27,8 +31,9 @@ import torch
 import torch.distributed as dist
 
 from clipav2.config import grad_accum_steps
+from clipav2.optim import lr_at
+from clipav2.parallel.apply import apply_ac, apply_compile
 from clipav2.parallel.skips import SkipCounter
-from clipav2.train.optim import lr_at
 
 
 @dataclass
@@ -62,36 +67,55 @@ def to_host(results: list[StepResult]) -> list[StepResult]:
 
 
 def resolve_precision(cfg, world) -> str:
-    """`auto` is bf16 on CUDA, fp32 on the CPU (bf16 matmuls are ~15x slower on our CPUs)."""
+    """`auto` is bf16_autocast on CUDA (CLIPA's numerics, docs/engine.md), fp32 on the CPU (bf16
+    matmuls are ~15x slower on our CPUs)."""
     if cfg.parallel.precision != "auto":
         return cfg.parallel.precision
-    return "bf16" if world.device.type == "cuda" else "fp32"
+    return "bf16_autocast" if world.device.type == "cuda" else "fp32"
+
+
+def resolve_compile(cfg, world) -> bool:
+    """`model.compile` unset: compile the blocks on CUDA, not on the CPU (where inductor's C++
+    compile costs more than it buys for a short test run)."""
+    return cfg.model.compile if cfg.model.compile is not None else world.device.type == "cuda"
 
 
 class Strategy:
     name = "base"
+    owns_update = False  # True: the engine clips, skips and steps itself (DeepSpeed)
 
     def __init__(self, cfg, world):
         self.cfg = cfg
         self.world = world
         self.precision = resolve_precision(cfg, world)
-        self.model = None
+        self.model = None  # what the step calls: model(images, ids, keep) -> (img, txt, scale)
+        self.module = None  # the plain module underneath (parameters, state dict)
         self.optimizer = None
         self.stage = None
         self.step_count = 0  # optimizer steps of this stage taken so far (skipped ones included)
         self.skips = SkipCounter(world.device)  # on the device: read it when logging
-        self._loss_sum = 0.0
 
-    # ------------------------------------------------------------------ what subclasses provide
-    def _wrap(self, model):  # -> sets self.model and self.optimizer
+    # ------------------------------------------------------------------ what engines provide
+    def _wrap(self, model):  # -> sets self.model, self.module and self.optimizer
         raise NotImplementedError
 
-    def _backward(self, loss, micro_index: int, n_micro: int) -> None:
-        raise NotImplementedError
+    def no_sync(self, last: bool):
+        """Context of one micro-step's forward and backward: gradient sync only when `last`."""
+        return contextlib.nullcontext()
 
-    def _apply_step(self, lr: float, loss: torch.Tensor):
-        """Clip and apply the update unless `loss` or the gradient norm is non-finite.
-        -> (grad_norm, skipped): 0-d device tensors (or host values where the engine syncs)."""
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate the gradient of `loss` as it is (no scaling here: the step scales)."""
+        loss.backward()
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradient (a 0-d device tensor)."""
+        return torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+
+    def clip_grads(self, norm: torch.Tensor, max_norm: float) -> None:
+        torch.nn.utils.clip_grads_with_norm_(self.module.parameters(), max_norm, norm)
+
+    def engine_step(self, lr: float):
+        """Engines that own the update (`owns_update`): clip, skip and step -> (grad_norm, skipped)."""
         raise NotImplementedError
 
     def _save_state(self, path: Path) -> None:
@@ -105,52 +129,29 @@ class Strategy:
 
     # ------------------------------------------------------------------ the interface
     def setup(self, model: torch.nn.Module, stage) -> None:
-        """Wrap `model` (built on the CPU, fp32) for this stage and build a fresh optimizer and
-        LR schedule (the spec re-initialises the optimizer between stages)."""
+        """Apply the techniques to `model` (built on the CPU, fp32) in their fixed order and build
+        a fresh optimizer and LR schedule (the optimizer is re-initialised between stages)."""
         self.stage = stage
         self.n_micro = grad_accum_steps(self.cfg, stage, self.world.world_size)
         self.step_count = 0
         self.skips.new_stage()
-        self._loss_sum = 0.0
+        apply_ac(model, self.cfg.model.checkpointing)
+        if resolve_compile(self.cfg, self.world):
+            apply_compile(model)
         self._wrap(model)
 
     def autocast(self):
-        """bf16 compute where the engine does not cast parameters itself (single, ddp)."""
-        enabled = self.precision == "bf16"
+        """bf16 matmuls over fp32 parameters and residual stream under `bf16_autocast`."""
+        enabled = self.precision == "bf16_autocast"
         return torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def forward_backward(self, loss_fn, micro_index: int, n_micro: int) -> torch.Tensor:
-        """Run `loss_fn(self.model) -> scalar loss` on one micro-batch and accumulate its gradient
-        (scaled by 1/n_micro; gradient sync only on the last micro-step). Returns the detached
-        local loss."""
-        loss = loss_fn(self.model)
-        self._backward(loss, micro_index, n_micro)
-        loss = loss.detach().float()
-        self._loss_sum = self._loss_sum + loss / n_micro
-        return loss
 
     def lr(self) -> float:
         s = self.stage
         return lr_at(self.step_count, s.peak_lr, s.warmup_steps, s.steps)
 
-    @property
-    def skipped_total(self) -> int:
-        """Skipped steps so far (reads the device counter: a sync)."""
-        return int(self.skips.total.item())
-
-    def step(self) -> StepResult:
-        """The optimizer step; enqueues device work only (no host sync except under DeepSpeed)."""
-        loss = torch.as_tensor(self._loss_sum, dtype=torch.float32, device=self.world.device).reshape(1).clone()
-        if self.world.distributed:
-            dist.all_reduce(loss)
-            loss /= self.world.world_size
-        loss = loss.reshape(())
-        lr = self.lr()
-        grad_norm, skipped = self._apply_step(lr, loss)
-        self.step_count += 1
-        self.skips.update(skipped, self.step_count)
-        self._loss_sum = 0.0
-        return StepResult(lr=lr, grad_norm=grad_norm, skipped=skipped, loss=loss)
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def barrier(self) -> None:
         if self.world.distributed:

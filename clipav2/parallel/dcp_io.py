@@ -21,6 +21,7 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from clipav2 import compat
 from clipav2.train.safe_load import UnsafeCheckpoint, one_line
 
 _DCP = "torch.distributed.checkpoint."
@@ -68,7 +69,7 @@ class SafeFileSystemReader(dcp.FileSystemReader):
         return self._checked
 
     def _read_checked(self):
-        path = self._get_metadata_path()
+        path = compat.dcp_metadata_path(self)
         with self.fs.create_stream(path, "rb") as f:
             try:
                 metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()

@@ -21,8 +21,9 @@ import math
 
 import torch
 
+from clipav2 import compat
 from clipav2.parallel.base import Strategy
-from clipav2.train.optim import build_optimizer
+from clipav2.optim import build_optimizer
 
 TAG = "zero"
 
@@ -43,7 +44,7 @@ def deepspeed_config(cfg, stage, world_size: int, n_micro: int, precision: str) 
         "gradient_accumulation_steps": n_micro,
         "gradient_clipping": stage.grad_clip or 0.0,
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
-        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
+        "bf16": {"enabled": precision == "bf16_params", "check_grad_overflow": True},
         "zero_allow_untested_optimizer": True,  # our torch AdamW
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -70,50 +71,35 @@ def _safe_checkpoint_engine(engine_cls):
     return SafeEngine
 
 
-def scalars_to_vectors(model) -> dict:
-    """DeepSpeed cannot hold 0-d parameters (it views every parameter as bytes to broadcast and
-    partition it), so the temperature becomes a 1-element vector; returns {name: original shape}."""
-    shapes = {}
-    for mod_name, module in model.named_modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            if p.ndim == 0:
-                setattr(module, name, torch.nn.Parameter(p.data.reshape(1), requires_grad=p.requires_grad))
-                shapes[f"{mod_name}.{name}" if mod_name else name] = p.shape
-    return shapes
-
-
 class DeepSpeedStrategy(Strategy):
+    """The one engine that owns backward and the optimizer step. `bf16_params` is DeepSpeed's
+    bf16 mode (the module is cast to bf16, fp32 master weights in the optimizer, the temperature
+    included); `bf16_autocast` keeps DeepSpeed in fp32 and runs the forward under torch.autocast."""
+
     name = "deepspeed"
+    owns_update = True
 
     def _wrap(self, model):
         import deepspeed
 
         model = model.to(self.world.device)
-        self.scalar_shapes = scalars_to_vectors(model)
         optimizer = build_optimizer(model, self.stage, self.cfg.parallel.bf16_momentum, fused=False)
         config = deepspeed_config(self.cfg, self.stage, self.world.world_size, self.n_micro, self.precision)
         self.ds_config = config
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
-        if type(engine.checkpoint_engine).__name__ == "TorchCheckpointEngine":
-            engine.checkpoint_engine.__class__ = _safe_checkpoint_engine(type(engine.checkpoint_engine))
-        self.model, self.optimizer = engine, optimizer
+        compat.swap_checkpoint_engine(engine, _safe_checkpoint_engine)
+        self.model, self.module, self.optimizer = engine, engine.module, optimizer
 
-    def autocast(self):  # DeepSpeed casts the module to bf16 itself
-        return torch.autocast(self.world.device.type, enabled=False)
-
-    def _backward(self, loss, micro_index, n_micro):
-        if n_micro != self.model.gradient_accumulation_steps():
-            raise ValueError(f"deepspeed: n_micro {n_micro} != the engine's accumulation {self.model.gradient_accumulation_steps()}")
-        self.model.backward(loss)  # DeepSpeed divides by the accumulation steps itself
-        if micro_index < n_micro - 1:
+    def backward(self, loss, last):
+        self.model.backward(loss, scale_wrt_gas=False)  # the step has scaled the loss already
+        if not last:
             self.model.step()  # a no-op before the accumulation boundary, as DeepSpeed expects
 
-    def _apply_step(self, lr, loss):
+    def engine_step(self, lr):
         """DeepSpeed's engine checks the gradients for overflow on the host inside `step()` (it
         decides there whether to call the optimizer), so this strategy syncs once per step
         whatever we do; we read its verdict back as host values."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.set_lr(lr)
         self.model.step()
         norm = self.model.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
@@ -138,7 +124,7 @@ class DeepSpeedStrategy(Strategy):
         for name, p in self.model.module.named_parameters():
             full = safe_get_full_fp32_param(p)
             if self.world.is_main:
-                out[name] = full.detach().float().cpu().reshape(self.scalar_shapes.get(name, full.shape)).clone()
+                out[name] = full.detach().float().cpu().clone()
         if self.world.is_main:  # persistent buffers, as the plain module's state_dict has them
             for name, t in self.model.module.state_dict().items():
                 if name not in out:

@@ -143,3 +143,10 @@ def init_distributed(cfg) -> World:
         )
         _make_host_group(cuda, cfg.parallel.timeout_minutes)
     return World(rank=info["rank"], world_size=info["world_size"], local_rank=local_rank, device=device)
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name (what the price table and the MFU peak are looked up by)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -60,7 +60,7 @@ def open_clip_step(arch: ClipArch, stage, device: torch.device, checkpointing: b
     loss_fn = ClipLoss()
     mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(_STD, device=device).view(1, 3, 1, 1) * 255
-    if precision == "bf16":
+    if precision.startswith("bf16"):
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = contextlib.nullcontext

@@ -10,8 +10,8 @@ import torch
 from clipav2.config import load_config
 from clipav2.models.arch import get_arch
 from clipav2.perf import inputs
-from clipav2.perf.measure import device_name
-from clipav2.perf.peaks import peak_tflops
+from clipav2.cost.mfu import peak_tflops
+from clipav2.parallel.env import device_name
 from clipav2.perf.result import Row
 from clipav2.perf.run import measure_row
 from clipav2.perf.search import largest_fitting
@@ -33,7 +33,7 @@ class BenchOptions:
 def flag_overrides(flags: dict) -> list[str]:
     """The command's switches as config overrides, so `clipav2 train` with them runs the same."""
     out = [f"parallel.strategy={flags['strategy']}"] if flags.get("strategy") else []
-    out += ["model.compile=true"] if flags.get("compile") else []
+    out += [f"model.compile={str(flags['compile']).lower()}"] if flags.get("compile") is not None else []
     out += [f"model.attention={flags['attention']}"] if flags.get("attention") else []
     out += [f"model.checkpointing={flags['checkpointing']}"] if flags.get("checkpointing") else []
     return out
@@ -86,11 +86,11 @@ def _batches(cfg, stage, world, opts: BenchOptions):
 
 
 def bench_ours(cfg, stage, world, opts: BenchOptions) -> Row:
-    from clipav2.parallel.base import resolve_precision
+    from clipav2.parallel.base import resolve_compile, resolve_precision
     from clipav2.perf.ours import our_step
 
     p, m = cfg.parallel, cfg.model
-    flags = dict(precision=resolve_precision(cfg, world), strategy=p.strategy, compile=m.compile,
+    flags = dict(precision=resolve_precision(cfg, world), strategy=p.strategy, compile=resolve_compile(cfg, world),
                  attention=m.attention, checkpointing=m.checkpointing, zero_stage=p.zero_stage,
                  fused_optimizer=p.fused_optimizer, bf16_momentum=p.bf16_momentum)
     row = _row("clipav2", cfg, stage, world, opts, flags)

@@ -1,6 +1,6 @@
 """Our training step, built as `clipav2 train` builds it: the stage's model from the same
-options (`train.stages.model_options`), blocks compiled in place when `model.compile` is set (then
-the strategy checkpoints and shards them), `parallel.build_strategy`, and the loop's own
+options (`train.stages.model_options`), `parallel.build_strategy` (which checkpoints, compiles
+and shards it as the config says), and the loop's own
 `train.step.StepRunner` (uint8 normalised on the device, the stage's kept-token count, the
 global-batch loss). No separate benchmark model."""
 from __future__ import annotations
@@ -17,8 +17,6 @@ def build_model(cfg, stage):
     torch.manual_seed(cfg.seed)  # as the loop: every rank builds the same initial weights
     model = create_model(cfg.model.name, image_size=stage.image_size, context_length=stage.text_len,
                          **model_options(cfg))
-    if cfg.model.compile:
-        model.compile_blocks()
     return model
 
 

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 from clipav2.perf.measure import Window
-from clipav2.perf.peaks import achieved_tflops, mfu
+from clipav2.cost.mfu import achieved_tflops, mfu
 
 
 @dataclass

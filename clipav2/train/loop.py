@@ -11,6 +11,7 @@ The loop never branches on the engine: everything goes through the Strategy.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import grad_accum_steps
+from clipav2.config import to_dict
 from clipav2.parallel.env import any_rank
-from clipav2.train.metrics import JsonlWriter, MetricsLogger
+from clipav2.train.metrics import JsonlWriter, MetricsLogger, quiet_library_warnings, stage_header
 from clipav2.train.skipcount import describe_skipped, summed_over_ranks
 from clipav2.train.stages import build_stage_model, stage_weights
 
@@ -57,14 +58,15 @@ class Trainer:
         from clipav2.cost.guard import BudgetGuard
         from clipav2.cost.plan import stage_flops
         from clipav2.cost.prices import resolve
-        from clipav2.perf.measure import device_name
+        from clipav2.parallel.env import device_name
 
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
         self.accel, self.price = resolve(cfg.cost.gpu, cfg.cost.price_per_gpu_hour, device_name(world.device))
         self.flops = {s.name: stage_flops(cfg, s) for s in cfg.stages}
         self.guard = BudgetGuard.from_config(cfg.cost) if world.is_main else None
-        self.metrics = MetricsLogger(self.run_dir, world.is_main, cfg.log.tensorboard, cfg.log.progress)
+        self.metrics = MetricsLogger(self.run_dir, world.is_main, cfg.log.tensorboard, cfg.log.progress,
+                                     cfg.log.progress_seconds, cfg.log.wandb, to_dict(cfg))
         self.evals = JsonlWriter(self.run_dir / "eval.jsonl", world.is_main)
         self.ledger = None
         self.t_start = time.perf_counter()
@@ -83,6 +85,10 @@ class Trainer:
     def _charge(self, stage: str, kind: str, seconds: float) -> None:
         if self.ledger is not None:
             self.ledger.add(stage, kind, seconds)
+
+    def _timed(self, stage: str, kind: str):
+        """Charge the block's wall time to the ledger (main rank), even when the block raises."""
+        return self.ledger.track(kind, stage) if self.ledger is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
@@ -120,6 +126,8 @@ class Trainer:
     # ------------------------------------------------------------------ one stage
     def run_stage(self, index: int) -> int:
         from clipav2.data import build_train_loader
+        from clipav2.eval.periodic import PeriodicEval
+        from clipav2.cost.plan import kept_image_tokens
         from clipav2.models.arch import get_arch
         from clipav2.parallel import build_strategy
         from clipav2.text import make_text_transform
@@ -133,8 +141,6 @@ class Trainer:
         model = build_stage_model(cfg, index, self.run_dir)
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
-        if cfg.model.compile:
-            model.compile_blocks()
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -149,31 +155,30 @@ class Trainer:
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
+        periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = grad_accum_steps(cfg, stage, world.world_size)
+        n_micro = runner.n_micro
         step = int(extra.get("step", 0))
         skipped_steps = int(extra.get("skipped_steps", 0))
-        _say(world, f"[{stage.name}] {stage.image_size} px, text {stage.text_len} ({stage.text_reduction}), "
-                    f"image {stage.image_reduction} {stage.image_mask_ratio:g}, {stage.steps} steps x {stage.global_batch} "
-                    f"({world.world_size} ranks x {n_micro} micro-steps), peak LR {stage.peak_lr:.3g}"
-                    + (f"; resuming at step {step}" if step else ""))
+        tokens = (stage.image_size // get_arch(cfg.model.name).vision.patch_size) ** 2
+        _say(world, stage_header(stage, index, len(cfg.stages), kept_image_tokens(cfg, stage), tokens,
+                                 world.world_size, n_micro, step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
 
         def save(at_step: int, budget_stop: float | None = None) -> None:
-            t = time.perf_counter()
-            state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                     "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
-                     "budget_stop": budget_stop}
-            if self.ledger is not None:
-                self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
-                state["ledger"] = self.ledger.state_dict()
-            ckpt.save(strategy, at_step, state)
-            self._charge(stage.name, "checkpoint", time.perf_counter() - t)
+            with self._timed(stage.name, "checkpoint"):
+                state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
+                         "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
+                         "budget_stop": budget_stop}
+                if self.ledger is not None:
+                    self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
+                    state["ledger"] = self.ledger.state_dict()
+                ckpt.save(strategy, at_step, state)
 
         audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
-        self.metrics.start_stage(stage.name, stage.steps, step)
+        self.metrics.start_stage(stage.name, stage.steps, step, index, periodic.offset)
         batches = iter(loader)
-        window = _Window(step)
+        window = _Window()
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
@@ -190,7 +195,7 @@ class Trainer:
             if step % cfg.log.every_steps == 0 or step == stage.steps:
                 report = strategy.skips.read()  # the interval's one device->host read, with the window's
                 skipped_steps = report.total
-                stop = self._log(stage, step, window, loader, skipped_steps, ckpt)
+                stop = self._log(stage, step, window, loader, skipped_steps, ckpt, periodic)
             code = monitor.after_step(step, result, report)
             if code is not None or stop is not None:
                 save(step, budget_stop=self.guard.limit_usd if stop is not None and self.guard else None)
@@ -198,6 +203,8 @@ class Trainer:
                 msg = monitor.message if code is not None else self.guard_message()
                 _say(world, msg)
                 return code if code is not None else exitcodes.BUDGET
+            if periodic.due(step, at_log_step=report is not None):
+                self._evaluate(index, step, lambda: periodic.run(strategy), "periodic")
             if step < stage.steps and ckpt.due(step):
                 save(step)
         self.metrics.close_bar()
@@ -212,8 +219,8 @@ class Trainer:
         del strategy, runner
         loader.close()
         gc.collect()
-        self._finish_stage(index, full, step)
-        self._charge(stage.name, "eval", time.perf_counter() - t)
+        eval_seconds = self._finish_stage(index, full, step)  # charged as eval there
+        self._charge(stage.name, "checkpoint", max(time.perf_counter() - t - eval_seconds, 0.0))
         if self.ledger is not None:
             self.ledger.write(self.run_dir)
         self.t_start = time.perf_counter()
@@ -222,10 +229,10 @@ class Trainer:
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"
 
-    def _log(self, stage, step, window, loader, skipped_steps, ckpt):
+    def _log(self, stage, step, window, loader, skipped_steps, ckpt, periodic):
         """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
         from clipav2.cost.projection import project
-        from clipav2.perf.peaks import mfu
+        from clipav2.cost.mfu import mfu
 
         world, stop = self.world, False
         stats = window.close(step)  # the one device sync of the interval
@@ -238,7 +245,7 @@ class Trainer:
             peak = self.accel.peak_flops / 1e12 if self.accel.peak_flops else None
             record = {
                 "stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
-                "loss": stats["loss"], "lr": stats["lr"], "logit_scale": stats["logit_scale"],
+                "recipe_samples": periodic.recipe_samples(step), "loss": stats["loss"], "lr": stats["lr"], "logit_scale": stats["logit_scale"],
                 "samples_per_s": sps, "samples_per_s_per_gpu": per_gpu,
                 "mfu": mfu(self.flops[stage.name], per_gpu, peak) or 0.0,
                 "data_wait_frac": stats["data_wait"] / max(stats["seconds"], 1e-9),
@@ -256,24 +263,48 @@ class Trainer:
             stop = decision == "stop"
         return "stop" if any_rank(world, stop) else None
 
-    def _finish_stage(self, index: int, full: dict, step: int) -> None:
-        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors."""
-        from clipav2.eval.run import describe, evaluate
+    def _evaluate(self, index: int, step: int, run, when: str) -> float:
+        """Run an evaluation (`run()`: collective for "periodic", main rank only at a stage's end),
+        charge its time to the ledger as eval, and record it (main rank) with the recipe's samples
+        seen, GPU-hours and dollars at that point. Returns the seconds it took."""
+        from clipav2.eval.run import describe
+
+        stage = self.cfg.stages[index]
+        t = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - t
+        self._charge(stage.name, "eval", seconds)
+        if not self.world.is_main:
+            return seconds
+        self.ledger.set_progress(stage.name, step, step * stage.global_batch)
+        record = {"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
+                  "recipe_samples": sum(s.samples for s in self.cfg.stages[:index]) + step * stage.global_batch,
+                  "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
+                  "when": when, "time": time.time(),
+                  **{k: v for part in result.values() for k, v in part.items()}, **result}
+        self.evals.write(record)
+        self.metrics.log_eval(record)
+        self.metrics.say(describe(stage.name, result) + f" at {record['recipe_samples']:,} samples, ${record['cost_usd']:.4g}")
+        return seconds
+
+    def _finish_stage(self, index: int, full: dict, step: int) -> float:
+        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors.
+        Returns the evaluation's seconds."""
+        from clipav2.eval.run import evaluate
         from clipav2.models.convert import load_weights, save_model
         cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
+        eval_seconds = 0.0
         if world.is_main:
             model = build_stage_model(cfg, index, self.run_dir)  # the stage's architecture, then its weights
             load_weights(model, {k: v.float() for k, v in full.items()})
             if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                result = evaluate(model.to(world.device), cfg, stage, world.device)
-                self.evals.write({"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
-                                  **{k: v for part in result.values() for k, v in part.items()}, **result})
-                print(describe(stage.name, result), flush=True)
+                eval_seconds = self._evaluate(index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
             self.ledger.set_progress(stage.name, step, step * stage.global_batch)
             save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
                        ledger=self.ledger.state_dict())
             print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
         _barrier(world)
+        return eval_seconds
 
 
 class _KeyAudit:
@@ -293,7 +324,7 @@ class _KeyAudit:
 class _Window:
     """Accumulates one log interval on the device (no syncs until `close`)."""
 
-    def __init__(self, step: int):
+    def __init__(self):
         self.reset()
 
     def reset(self):
@@ -330,6 +361,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
+    quiet_library_warnings()
     install_signal_handlers(RUN_SIGNALS)  # once per run: a signal between stages is honoured in the next
     lock = None
     try:

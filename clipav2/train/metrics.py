@@ -1,17 +1,53 @@
-"""What a run reports: one JSON object per logged step in RUN_DIR/metrics.jsonl, the same scalars
-as TensorBoard events, and a tqdm bar on the main rank (ETA, samples/s, dollars). Only the main
-rank writes; the loop calls `log` at `log.every_steps`, the only place it syncs with the device."""
+"""What a run reports: one JSON object per logged step in RUN_DIR/metrics.jsonl; the same scalars
+and the zero-shot accuracy in TensorBoard (and Weights & Biases with `log.wandb`), all on one
+x-axis, the samples seen over the whole recipe, with the stage boundaries marked; progress as a
+tqdm bar on a terminal, else a plain line at most every `log.progress_seconds` (log files, SLURM
+.out files). Only the main rank writes; the loop calls `log` at `log.every_steps`, the only place
+it syncs with the device."""
 from __future__ import annotations
 
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 METRIC_KEYS = (
-    "stage", "step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_s",
+    "stage", "step", "samples_seen", "recipe_samples", "loss", "lr", "logit_scale", "samples_per_s",
     "samples_per_s_per_gpu", "mfu", "data_wait_frac", "gpu_hours", "cost_usd",
     "skipped_samples", "skipped_steps",
 )
+NOT_SCALARS = ("step", "time", "recipe_samples", "samples_seen")  # axes and wall clock, not curves
+EVAL_KEYS = ("top1", "top5")
+
+
+def quiet_library_warnings() -> None:
+    """Deprecation and advice warnings torch.distributed (DCP, collectives) prints on every save
+    or gather: nothing a user of the trainer can act on, so they stay out of the run's output."""
+    for category in (FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch\.distributed\.")  # raised inside torch
+        # raised on our call site (stacklevel 2): the autograd all_gather the loss uses
+        warnings.filterwarnings("ignore", category=category, message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+        warnings.filterwarnings("ignore", category=category, message=r".*torch\.distributed\.checkpoint")
+
+
+def stage_header(stage, index: int, n_stages: int, kept: int, tokens: int, ranks: int, n_micro: int, step: int) -> str:
+    """e.g. "[finetune] stage 2 of 2: 64 px images, 48 of 64 patches kept (random mask 25%),
+    captions at 32 tokens (truncated); 64 steps x 128 samples on 1 rank (1 micro-step each),
+    peak LR 0.0005"."""
+    if stage.image_reduction == "resize" or kept == tokens:
+        image = f"{stage.image_size} px images ({tokens} patches)"
+    else:
+        how = {"random": f"random mask {stage.image_mask_ratio:.0%}", "block": f"block mask {stage.image_mask_ratio:.0%}",
+               "grid": f"one per {stage.grid_window}x{stage.grid_window} grid window"}[stage.image_reduction]
+        image = f"{stage.image_size} px images, {kept} of {tokens} patches kept ({how})"
+    text = {"truncate": "truncated", "random": "random words kept", "block": "a random block kept",
+            "syntax": "syntax mask", "syntax_context": "syntax mask in context"}.get(stage.text_reduction, stage.text_reduction)
+    micro = f"{n_micro} micro-step{'s' if n_micro > 1 else ''} each"
+    line = (f"[{stage.name}] stage {index + 1} of {n_stages}: {image}, captions at {stage.text_len} tokens ({text}); "
+            f"{stage.steps:,} steps x {stage.global_batch:,} samples on {ranks} rank{'s' if ranks > 1 else ''} ({micro}), "
+            f"peak LR {stage.peak_lr:.3g}")
+    return line + (f"; resuming at step {step:,}" if step else "")
 
 
 class JsonlWriter:
@@ -28,22 +64,61 @@ class JsonlWriter:
                 f.write(json.dumps(record, allow_nan=True) + "\n")
 
 
-class MetricsLogger:
-    """metrics.jsonl + TensorBoard + progress bar for one run; `start_stage` for each stage."""
+def _scalars(record: dict, keys=None) -> dict:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in NOT_SCALARS and (keys is None or k in keys)}
 
-    def __init__(self, run_dir, enabled: bool, tensorboard: bool = True, progress: bool = True):
-        self.enabled, self.progress = enabled, progress and enabled
+
+class _Wandb:
+    """A Weights & Biases run in RUN_DIR/wandb, continued on resume (its id is kept in
+    RUN_DIR/wandb_id). WANDB_MODE=offline records without a network (`wandb sync` uploads later)."""
+
+    def __init__(self, project: str, run_dir: Path, config: dict):
+        import secrets
+
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=project, dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name,
+                              config=config)
+        self.run.define_metric("recipe_samples")
+        self.run.define_metric("*", step_metric="recipe_samples")
+
+    def log(self, values: dict, recipe_samples: int) -> None:
+        self.run.log({**values, "recipe_samples": recipe_samples})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard (+ wandb) + progress for one run; `start_stage` for each stage."""
+
+    def __init__(self, run_dir, enabled: bool, tensorboard: bool = True, progress: bool = True,
+                 progress_seconds: float = 60.0, wandb: str | None = None, config: dict | None = None, tty=None):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.progress, self.progress_seconds = progress and enabled, progress_seconds
         self.jsonl = JsonlWriter(Path(run_dir) / "metrics.jsonl", enabled)
-        self.tb = None
+        self.tb = self.wandb = self.bar = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        self.bar = None
+        if enabled and wandb:
+            self.wandb = _Wandb(wandb, Path(run_dir), config or {})
+        self.stage, self.total, self.last_line = None, 0, 0.0
 
-    def start_stage(self, name: str, total_steps: int, done_steps: int) -> None:
+    def start_stage(self, name: str, total_steps: int, done_steps: int, index: int = 0, offset: int = 0) -> None:
+        """A stage starts at `offset` recipe samples (a vertical step of train/stage in TensorBoard)."""
         self.close_bar()
-        if self.progress:
+        self.stage, self.total, self.last_line = name, total_steps, time.monotonic()
+        if self.tb is not None:
+            self.tb.add_scalar("train/stage", index, offset)
+            self.tb.add_text("stages", f"stage {index + 1} `{name}` starts at {offset:,} samples", offset)
+        if self.progress and self.tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=done_steps, desc=name, unit="step", dynamic_ncols=True)
@@ -54,14 +129,43 @@ class MetricsLogger:
         missing = [k for k in METRIC_KEYS if k not in record]
         assert not missing, f"metrics record lacks {missing}"
         self.jsonl.write(record)
+        x, walltime = record["recipe_samples"], record.get("time")
         if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step",):
-                    self.tb.add_scalar(f"{record['stage']}/{key}", value, record["samples_seen"])
+            for key, value in _scalars(record).items():
+                self.tb.add_scalar(f"train/{key}", value, x, walltime=walltime)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in _scalars(record).items()}, x)
         if self.bar is not None:
             self.bar.update(steps_advanced)
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_s']:.1f}",
                                  usd=f"{record['cost_usd']:.2f}", refresh=False)
+        elif self.progress and (record["step"] >= self.total or time.monotonic() - self.last_line >= self.progress_seconds):
+            self.last_line = time.monotonic()
+            print(progress_line(record, self.total), flush=True)
+
+    def log_eval(self, record: dict) -> None:
+        """One evaluation (eval.jsonl's record): zero-shot top-1/top-5 (and recall@k) at its
+        recipe samples, also against dollars in wandb."""
+        if not self.enabled:
+            return
+        x, walltime = record["recipe_samples"], record.get("time")
+        values = {f"eval/zero_shot_{k}": record[k] for k in EVAL_KEYS if isinstance(record.get(k), float)}
+        values.update({f"eval/retrieval_{k}": v for k, v in record.get("retrieval", {}).items() if k != "n"})
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, x, walltime=walltime)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({**values, "eval/cost_usd": record["cost_usd"], "eval/gpu_hours": record["gpu_hours"]}, x)
+
+    def say(self, message: str) -> None:
+        """A line of output that does not break the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -73,20 +177,24 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
 
 
-class IntervalTimer:
-    """Wall time and data-wait time between two log points (host clock only, no device sync)."""
+def progress_line(record: dict, total_steps: int) -> str:
+    """"[pretrain] step 120/250 (48%), 15,360 samples, loss 2.345, 142 samples/s, $0.0123 spent, 1m 12s to go"."""
+    step, sps = record["step"], record["samples_per_s"]
+    batch = record["samples_seen"] / max(step, 1)
+    left = (total_steps - step) * batch / sps if sps > 0 else float("nan")
+    eta = "" if left != left else f", {_duration(left)} to go" if step < total_steps else ", done"
+    return (f"[{record['stage']}] step {step:,}/{total_steps:,} ({step / max(total_steps, 1):.0%}), "
+            f"{record['samples_seen']:,} samples, loss {record['loss']:.3f}, {sps:,.1f} samples/s, "
+            f"${record['cost_usd']:.4g} spent{eta}")
 
-    def __init__(self):
-        self.reset()
 
-    def reset(self) -> None:
-        self.start, self.data_wait = time.perf_counter(), 0.0
-
-    def waited(self, seconds: float) -> None:
-        self.data_wait += seconds
-
-    def elapsed(self) -> float:
-        return max(time.perf_counter() - self.start, 1e-9)
-
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    h, m = s // 3600, s % 3600 // 60
+    return f"{h}h {m:02d}m" if h else f"{m}m {s % 60:02d}s" if m else f"{s}s"

@@ -1,6 +1,7 @@
-"""Stage transitions (DESIGN idea 1; spec section 3, "Between stages"): the weights and the
-temperature are carried, the image position embedding is recomputed for the new resolution
-(sin-cos) or resampled (a learned table), the text position table is resized linearly (8 -> 32).
+"""Stage transitions (clipa_jax/configs/model_h/unmask_tuning_*.py start from the previous stage's
+weights, `masked_init`): the weights and the temperature are carried, the image position
+embedding is recomputed for the new resolution (sin-cos) or resampled (a learned table), the text
+position table is resized linearly (8 -> 32).
 The optimizer, LR schedule and step start fresh because every stage builds its own Strategy.
 
 Every stage after the first starts from the previous stage's consolidated weights on disk
@@ -22,7 +23,7 @@ def stage_weights(run_dir, stage_name: str) -> Path:
 def model_options(cfg) -> dict:
     """The model switches of the config that `create_model` takes as overrides."""
     m = cfg.model
-    return dict(pos_embed=m.pos_embed, gelu=m.gelu, ln_eps=m.ln_eps, attention=m.attention, checkpointing=m.checkpointing)
+    return dict(pos_embed=m.pos_embed, gelu=m.gelu, ln_eps=m.ln_eps, attention=m.attention)
 
 
 def enter_stage(model, stage) -> None:
@@ -47,11 +48,11 @@ def _fresh(cfg, image_size: int, text_len: int):
 def _carried(path, cfg, stage):
     """A model rebuilt from a weights file (ours, with its stored numerics: sin-cos or learned
     table, GELU, LayerNorm eps; or an open_clip checkpoint of `model.name`), resized for `stage`.
-    Attention backend and checkpointing are run-time choices and come from the config."""
+    The attention backend is a run-time choice and comes from the config."""
     from clipav2.models.convert import load_model
 
     m = cfg.model
-    model = load_model(path, name=m.name, attention=m.attention, checkpointing=m.checkpointing)
+    model = load_model(path, name=m.name, attention=m.attention)
     enter_stage(model, stage)
     return model
 

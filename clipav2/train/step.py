@@ -1,21 +1,27 @@
-"""One optimizer step: uint8 micro-batches in, normalised on the device, kept patch indices drawn
-per sample, InfoNCE over the GLOBAL batch, through the Strategy (no engine branches here).
+"""One optimizer step, for every engine: uint8 micro-batches in, normalised on the device, kept
+patch indices drawn per sample, InfoNCE over the GLOBAL batch, gradient clipping and the
+optimizer step with a device-side skip. The engine (`clipav2.parallel`) only supplies its
+primitives (forward, backward, gradient sync, norm); DeepSpeed alone steps itself.
 
-With one micro-step per rank the loss is simply `clip_loss` over the gathered micro-batches. With
+With one micro-step per rank the loss is `clip_loss` over the gathered micro-batches. With
 gradient accumulation the contrastive loss still spans the whole global batch (as CLIPA's large
 batches need): a no-grad pass embeds every micro-batch first, then each micro-step recomputes its
 own features with gradients and scores them against the cached features of all the others
-(open_clip's `accum_freq` scheme). The sum over micro-steps of those gradients is exactly the
-gradient of the global-batch loss.
+(open_clip's `accum_freq` scheme). Each micro-step's loss is the global loss, differentiated
+through its own rows only, so the gradients add up to the global-batch gradient with no scaling;
+the temperature, live in every micro-step, takes 1/n of its gradient from each.
 """
 from __future__ import annotations
 
 import hashlib
 
 import torch
+import torch.distributed as dist
 
 from clipav2.data import normalize
 from clipav2.loss import clip_loss
+from clipav2.optim import skip_step_on_device
+from clipav2.parallel.base import StepResult
 
 
 def keep_seed(seed: int, stage_index: int, step: int, rank: int, micro: int) -> int:
@@ -25,14 +31,76 @@ def keep_seed(seed: int, stage_index: int, step: int, rank: int, micro: int) -> 
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
+def _one_nth_of_the_gradient(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` in value, 1/n of it in gradient. The temperature scores every micro-step's loss (each
+    is the global loss), so the n micro-steps would give it n times its gradient; keeping it live
+    in all of them (not only in one) is what ZeRO-3 needs: a parameter left without a gradient in
+    some micro-steps keeps a stale non-finite one after a skipped step."""
+    return x.detach() + (x - x.detach()) / n
+
+
+def _losses(strategy, inputs, loss_fn):
+    """Forward and backward of every micro-step -> the last micro-step's loss (all are equal)."""
+    n, world = len(inputs), strategy.world
+    if n > 1:
+        with torch.no_grad(), strategy.autocast():
+            cached = [strategy.model(*x)[:2] for x in inputs]
+    for i, x in enumerate(inputs):
+        last = i == n - 1
+        with strategy.no_sync(last):
+            with strategy.autocast():
+                img, txt, scale = strategy.model(*x)
+            if n > 1:
+                img = torch.cat([c[0] for c in cached[:i]] + [img] + [c[0] for c in cached[i + 1 :]])
+                txt = torch.cat([c[1] for c in cached[:i]] + [txt] + [c[1] for c in cached[i + 1 :]])
+                scale = _one_nth_of_the_gradient(scale, n)
+            loss = loss_fn(img, txt, scale, world)
+            strategy.backward(loss, last)
+    return loss.detach().float(), scale.detach()
+
+
+def _update(strategy, lr: float, loss: torch.Tensor):
+    """Clip and apply the update unless the loss or the gradient norm is non-finite, decided on
+    the device -> (grad_norm, skipped) as 0-d device tensors."""
+    if strategy.owns_update:
+        return strategy.engine_step(lr)
+    norm = strategy.grad_norm()
+    skipped = ~(torch.isfinite(norm) & torch.isfinite(loss))
+    if strategy.stage.grad_clip is not None:
+        strategy.clip_grads(norm, strategy.stage.grad_clip)  # a non-finite norm only spoils dropped grads
+    strategy.set_lr(lr)
+    skip_step_on_device(strategy.optimizer, skipped)
+    strategy.optimizer.zero_grad(set_to_none=True)
+    return norm.detach(), skipped
+
+
+def train_step(strategy, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepResult, torch.Tensor]:
+    """One optimizer step over this rank's micro-batches `inputs` [(images, ids, keep), ...]
+    -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
+    (no host sync except under DeepSpeed). The step counts even when skipped, so the LR schedule
+    and the data stream stay in lock-step with the step number."""
+    loss, scale = _losses(strategy, inputs, loss_fn)
+    loss = loss.reshape(1)
+    if strategy.world.distributed:
+        dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
+        loss = loss / strategy.world.world_size
+    loss = loss.reshape(())
+    lr = strategy.lr()
+    grad_norm, skipped = _update(strategy, lr, loss)
+    strategy.step_count += 1
+    strategy.skips.update(skipped, strategy.step_count)
+    return StepResult(lr=lr, grad_norm=grad_norm, skipped=skipped, loss=loss), scale
+
+
 class StepRunner:
-    """Builds the per-micro-batch inputs and drives `strategy` through one optimizer step."""
+    """Builds the per-micro-batch inputs of the loader's batches and runs `train_step`."""
 
     def __init__(self, strategy, stage, stage_index: int, seed: int, patch_size: int):
         from clipav2.reduce.image import keep_indices
 
         self.strategy, self.stage, self.stage_index, self.seed = strategy, stage, stage_index, seed
         self.world = strategy.world
+        self.n_micro = strategy.n_micro  # micro-batches per optimizer step on this rank
         self.grid = (stage.image_size // patch_size, stage.image_size // patch_size)
         self._keep_indices = keep_indices
         self.last_scale = None  # the exponentiated temperature of the last forward (device tensor)
@@ -48,37 +116,6 @@ class StepRunner:
         keep = self._keep_indices(s.image_reduction, self.grid, images.shape[0], s.image_mask_ratio, s.grid_window, gen, device)
         return images, ids, keep
 
-    def run(self, batches: list[dict], step: int):
-        """Forward/backward every micro-batch of this rank, then the optimizer step -> StepResult."""
-        n = len(batches)
-        inputs = [self.inputs(b, step, i) for i, b in enumerate(batches)]
-        if n == 1:
-            images, ids, keep = inputs[0]
-
-            def loss_fn(model):
-                img, txt, scale = model(images, ids, keep)
-                self.last_scale = scale.detach()
-                return clip_loss(img, txt, scale, self.world)
-
-            self.strategy.forward_backward(loss_fn, 0, 1)
-            return self.strategy.step()
-        with torch.no_grad(), self.strategy.autocast():
-            cached = [self.strategy.model(*x) for x in inputs]
-        img_cache = [c[0] for c in cached]
-        txt_cache = [c[1] for c in cached]
-        for i, (images, ids, keep) in enumerate(inputs):
-
-            def loss_fn(model, i=i, images=images, ids=ids, keep=keep):
-                img, txt, scale = model(images, ids, keep)
-                self.last_scale = scale.detach()
-                all_img = torch.cat(img_cache[:i] + [img] + img_cache[i + 1 :])
-                all_txt = torch.cat(txt_cache[:i] + [txt] + txt_cache[i + 1 :])
-                # the temperature is live in every micro-step: give each 1/n of its gradient
-                scale = scale.detach() + (scale - scale.detach()) / n
-                loss = clip_loss(all_img, all_txt, scale, self.world)
-                # the strategy averages micro-steps (x 1/n); each of ours carries 1/n of the
-                # global gradient already, so scale the gradient by n and keep the value
-                return loss * n - loss.detach() * (n - 1)
-
-            self.strategy.forward_backward(loss_fn, i, n)
-        return self.strategy.step()
+    def run(self, batches: list[dict], step: int) -> StepResult:
+        result, self.last_scale = train_step(self.strategy, [self.inputs(b, step, i) for i, b in enumerate(batches)])
+        return result

@@ -1,5 +1,6 @@
-"""Train the `tiny` CLIP for a few steps on synthetic deterministic data through a Strategy, the
-way the training loop does, and record what the tests compare. Launched 1-process (python),
+"""Train the `tiny` CLIP for a few steps on synthetic deterministic data through a Strategy and
+the training step (`train.step.train_step`), the way the training loop does, and record what the
+tests compare. Launched 1-process (python),
 under `torchrun --nproc_per_node 2`, or as 2 processes with SLURM-style variables.
 
 Step s, micro-step m, rank r reads the global samples
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import gc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: nosync
+
 import torch
 from safetensors.torch import save_file
 
@@ -33,9 +36,10 @@ from clipav2.config import load_config
 from clipav2.loss import clip_loss
 from clipav2.parallel import build_strategy, init_distributed
 from clipav2.parallel.base import to_host
-from clipav2.parallel.nosync import forbid_host_sync
+from nosync import forbid_host_sync
 from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from clipav2.train.faults import FaultMonitor, install_signal_handlers
+from clipav2.train.step import train_step
 
 GLOBAL_BATCH = 16
 
@@ -123,24 +127,23 @@ def run(a):
         pending.clear()
 
     for step in range(start, a.steps):
+        if step == a.kill_step and world.rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == a.usr1_step and world.rank == last:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if step == a.crash_step and world.rank == last:
+            os._exit(3)
+        inputs = []
+        for m in range(n_micro):
+            lo = step * GLOBAL_BATCH + m * (GLOBAL_BATCH // n_micro) + world.rank * a.micro
+            inputs.append((images[lo : lo + a.micro].to(world.device), ids[lo : lo + a.micro].to(world.device), None))
+
+        def loss_fn(*args):
+            loss = clip_loss(*args)
+            return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
+
         with forbid_host_sync() if a.no_sync else contextlib.nullcontext():
-            for m in range(n_micro):
-                if step == a.kill_step and m == 0 and world.rank == 0:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if step == a.usr1_step and m == 0 and world.rank == last:
-                    os.kill(os.getpid(), signal.SIGUSR1)
-                if step == a.crash_step and world.rank == last:
-                    os._exit(3)
-                lo = step * GLOBAL_BATCH + m * (GLOBAL_BATCH // n_micro) + world.rank * a.micro
-                x, t = images[lo : lo + a.micro].to(world.device), ids[lo : lo + a.micro].to(world.device)
-
-                def loss_fn(model):
-                    img, txt, scale = model(x, t)
-                    loss = clip_loss(img, txt, scale, world)
-                    return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
-
-                strategy.forward_backward(loss_fn, m, n_micro)
-            pending.append(strategy.step())
+            pending.append(train_step(strategy, inputs, loss_fn)[0])
         log_step = (step + 1) % a.log_every == 0 or step + 1 == a.steps
         skips = strategy.skips.read() if log_step else None
         code = monitor.after_step(step + 1, pending[-1], skips)

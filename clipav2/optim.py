@@ -1,4 +1,4 @@
-"""The optimizer of the spec (section 3): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
+"""The optimizer of CLIPA-v2 (clipa_jax/main.py, optax): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
 decay on the parameters the stage's `weight_decay_rule` names (clipav2.train.decay), optionally
 a bfloat16 first moment (CLIPA's memory saving), and a linear-warmup + cosine-to-0 learning rate
 counted in optimizer steps.
@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from clipav2 import compat
 from clipav2.train.decay import decays
 
 
@@ -60,33 +61,68 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=self.momentum_dtype)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                if state["step"].device != p.device:  # a checkpoint written with the step on the CPU
-                    state["step"] = state["step"].to(p.device)
-                param, grad = _local(p), _local(p.grad).float()
-                exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                skip = None if found_inf is None else found_inf.to(p.device).reshape(()) != 0
-                state["step"] += 1 if skip is None else (~skip).float()
-                t = state["step"].double()  # bias corrections in float64, as torch's python floats
-                m = exp_avg.to(torch.float32, copy=True).lerp_(grad, 1 - b1)
-                v = exp_avg_sq.mul(b2).addcmul_(grad, grad, value=1 - b2)
-                denom = (v.sqrt() / (1 - b2**t).sqrt().float()).add_(eps)
-                step_size = (lr / (1 - b1**t)).float()
-                new = param.mul(1 - lr * wd).sub_(m.to(p.dtype) / denom.to(p.dtype) * step_size.to(p.dtype))
-                if skip is not None:  # keep the old values where the step is skipped (NaN-safe select)
-                    m, v, new = (torch.where(skip, old, x) for old, x in ((exp_avg.float(), m), (exp_avg_sq, v), (param, new)))
-                exp_avg.copy_(m)
-                exp_avg_sq.copy_(v)
-                param.copy_(new)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params, found_inf)
         return loss
+
+    def _state(self, params) -> list[dict]:
+        states = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, dtype=self.momentum_dtype)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            if state["step"].device != p.device:  # a checkpoint written with the step on the CPU
+                state["step"] = state["step"].to(p.device)
+            states.append(state)
+        return states
+
+    def _update(self, group, params, found_inf) -> None:
+        """One group's update as ~25 foreach ops, however many tensors it has. A skipped step
+        (`found_inf`) must leave everything bit-identical though the gradient may be NaN, without
+        a host read and with no foreach `where`: the gradient is first made finite (g ** keep is
+        g, or 1 when skipping), then each result is committed as new * keep + old * skip, exact
+        for finite values. The group's parameters share one step count (they step together)."""
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        states = self._state(params)
+        if any(p.dtype != torch.float32 for p in params):
+            raise TypeError("AdamWLowPrecisionMomentum updates fp32 (master) parameters only")
+        param = [_local(p) for p in params]
+        grad = [_local(p.grad).float() if p.grad.dtype != torch.float32 else _local(p.grad) for p in params]
+        exp_avg = [_local(s["exp_avg"]) for s in states]
+        exp_avg_sq = [_local(s["exp_avg_sq"]) for s in states]
+        steps = [s["step"] for s in states]
+        keep = None if found_inf is None else (found_inf.to(params[0].device).reshape(()) == 0).float()
+        if keep is None:
+            torch._foreach_add_(steps, 1)
+        else:
+            torch._foreach_add_(steps, keep)
+            grad = torch._foreach_pow(grad, [keep] * len(grad))  # NaN ** 0 == 1: finite either way
+        t = steps[0].double().clamp_min(1)  # bias corrections in float64, as torch's python floats
+        step_size = (lr / (1 - b1**t)).float()
+        bias2 = (1 - b2**t).sqrt().float()
+        m = torch._foreach_add(exp_avg, torch._foreach_sub(grad, exp_avg), alpha=1 - b1)  # fp32 lerp
+        v = torch._foreach_mul(exp_avg_sq, b2)
+        torch._foreach_addcmul_(v, grad, grad, value=1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, bias2)
+        torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(m, denom)
+        decay = 1 - lr * wd
+        if keep is not None:  # a skipped step: decay 1 and step size 0 leave the parameters as they are
+            decay = keep * (1 - lr * wd) + (1 - keep)  # exactly the float 1 - lr * wd when applied
+            step_size = step_size * keep
+            for new, old in ((m, exp_avg), (v, exp_avg_sq)):
+                torch._foreach_mul_(new, keep)
+                torch._foreach_add_(new, torch._foreach_mul(old, 1 - keep))
+        torch._foreach_mul_(update, step_size)
+        new = torch._foreach_mul(param, decay)
+        torch._foreach_sub_(new, update)
+        torch._foreach_copy_(exp_avg, m)
+        torch._foreach_copy_(exp_avg_sq, v)
+        torch._foreach_copy_(param, new)
 
 
 def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:
@@ -94,7 +130,7 @@ def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor)
     AdamWLowPrecisionMomentum decide on the device (`found_inf`); any other optimizer needs the
     host to read `skipped` (one sync per step: prefer `parallel.fused_optimizer`)."""
     if isinstance(optimizer, AdamWLowPrecisionMomentum) or optimizer.defaults.get("fused"):
-        optimizer.found_inf = skipped.float()
+        compat.set_found_inf(optimizer, skipped)
         optimizer.step()
     elif not bool(skipped):
         optimizer.step()

@@ -1,0 +1,34 @@
+"""The three places where we rely on library internals, each in one function, so an upgrade that
+changes one fails its test in tests/test_compat.py loudly instead of silently changing behaviour:
+
+- torch's fused AdamW skips a step when `optimizer.found_inf` is non-zero (the attribute
+  GradScaler sets; read in torch/optim/adam.py and adamw.py): our device-side skip.
+- torch.distributed.checkpoint's `FileSystemReader._get_metadata_path()` (private): where the
+  pickled index lives, which we read ourselves with an allow-list unpickler.
+- DeepSpeed's engine loads checkpoints through `engine.checkpoint_engine.load(path,
+  map_location)` of a `TorchCheckpointEngine`; we swap that object's class for a subclass whose
+  `load` is weights-only.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def set_found_inf(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:
+    """Tell a fused (or our bf16-momentum) AdamW to skip its next step where `skipped` is set."""
+    optimizer.found_inf = skipped.float()
+
+
+def dcp_metadata_path(reader):
+    """The path of a DCP checkpoint's index file, as the reader resolves it."""
+    return reader._get_metadata_path()
+
+
+def swap_checkpoint_engine(engine, make_subclass) -> bool:
+    """Replace the class of DeepSpeed's torch checkpoint engine with `make_subclass(cls)`.
+    False when the engine uses another checkpoint engine (then it is left alone)."""
+    current = type(engine.checkpoint_engine)
+    if current.__name__ != "TorchCheckpointEngine":
+        return False
+    engine.checkpoint_engine.__class__ = make_subclass(current)
+    return True

@@ -1,0 +1,81 @@
+"""Zero-shot evaluation while a stage trains (`eval.every_samples`, `eval.every_minutes`).
+
+Every rank evaluates the live model through the engine's own forward, on its share of the set
+(`run.evaluate` with a world), so no rank waits at a barrier while one evaluates alone and no
+weights are gathered. The RNG state is put back afterwards: an evaluation changes nothing the
+training draws, so a run with periodic evaluation resumes exactly like one without.
+
+`every_samples` counts samples of the whole recipe (the stages before this one at their planned
+size), so the schedule is the same after a resume and across stages. `every_minutes` is the main
+rank's clock, read at log steps and voted, so all ranks start the evaluation together.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class EngineModel:
+    """`encode_image` / `encode_text` of a wrapped model (DDP, FSDP2, a DeepSpeed engine) through
+    its forward, the only call those engines prepare the parameters for; the other input is a
+    one-item placeholder."""
+
+    def __init__(self, wrapped, image_size: int, placeholder_ids: torch.Tensor, device):
+        self.wrapped, self.device = wrapped, device
+        self.image = torch.zeros(1, 3, image_size, image_size, device=device)
+        self.ids = placeholder_ids.to(device)
+
+    def encode_image(self, images):
+        return self.wrapped(images, self.ids)[0]
+
+    def encode_text(self, ids):
+        return self.wrapped(self.image, ids)[1]
+
+    def eval(self):
+        self.wrapped.eval()
+        return self
+
+
+class PeriodicEval:
+    def __init__(self, cfg, stage_index: int, world):
+        self.cfg, self.world = cfg, world
+        self.stage = cfg.stages[stage_index]
+        self.offset = sum(s.samples for s in cfg.stages[:stage_index])  # recipe samples before this stage
+        self.every_samples, self.every_minutes = cfg.eval.every_samples, cfg.eval.every_minutes
+        self.enabled = bool(cfg.data.eval) and bool(self.every_samples or self.every_minutes)
+        self.last = time.monotonic()
+
+    def recipe_samples(self, step: int) -> int:
+        return self.offset + step * self.stage.global_batch
+
+    def due(self, step: int, at_log_step: bool) -> bool:
+        """Collective when `at_log_step` and `every_minutes` is set (every rank calls it with the
+        same arguments). The stage's last step is left to the stage-end evaluation."""
+        if not self.enabled or (step >= self.stage.steps and self.cfg.eval.at_stage_end):
+            return False
+        n = self.every_samples
+        if n and self.recipe_samples(step) // n > self.recipe_samples(step - 1) // n:
+            return True
+        if self.every_minutes and at_log_step:
+            from clipav2.parallel.env import any_rank
+
+            late = self.world.is_main and time.monotonic() - self.last >= 60.0 * self.every_minutes
+            return any_rank(self.world, late)
+        return False
+
+    def run(self, strategy) -> dict:
+        """Evaluate the live model on every rank; the training mode and RNG state are restored."""
+        from clipav2.eval.run import evaluate
+        from clipav2.text import tokenize
+        from clipav2.train.checkpoint import rng_state, set_rng_state
+
+        s, device = self.stage, self.world.device
+        saved = rng_state()
+        model = EngineModel(strategy.model, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
+        try:
+            return evaluate(model, self.cfg, s, device, world=self.world)
+        finally:
+            strategy.model.train()
+            set_rng_state(saved)
+            self.last = time.monotonic()

@@ -1,0 +1,58 @@
+"""One test per library internal we rely on (clipav2/compat.py): each fails loudly when an
+upgrade of torch or DeepSpeed changes the behaviour we depend on."""
+import inspect
+
+import pytest
+import torch
+
+from clipav2 import compat
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_fused_adamw_honours_found_inf(skip):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    before = w.detach().clone()
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)
+    w.grad = torch.full_like(w, float("nan")) if skip else torch.ones_like(w)
+    compat.set_found_inf(opt, torch.tensor(skip))
+    opt.step()
+    assert torch.equal(w.detach(), before) == skip
+    assert float(opt.state[w]["step"]) == (0 if skip else 1)
+
+
+def test_dcp_reader_names_its_index_file(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"x": torch.arange(3.0)}, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
+    path = compat.dcp_metadata_path(dcp.FileSystemReader(str(tmp_path)))
+    assert str(path).endswith(".metadata") and (tmp_path / ".metadata").is_file()
+    assert str(path) == str(tmp_path / ".metadata")
+
+
+def test_deepspeed_torch_checkpoint_engine_loads_through_load_path_map_location():
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    assert "self.checkpoint_engine.load(" in inspect.getsource(DeepSpeedEngine)  # loads go through it
+    params = list(inspect.signature(TorchCheckpointEngine.load).parameters)
+    assert params[:3] == ["self", "path", "map_location"], params
+
+    class Engine:  # what compat needs of a DeepSpeedEngine: its checkpoint_engine attribute
+        checkpoint_engine = TorchCheckpointEngine.__new__(TorchCheckpointEngine)
+
+    calls = []
+
+    def subclass(cls):
+        class Safe(cls):
+            def load(self, path, map_location=None):
+                calls.append(path)
+
+        return Safe
+
+    engine = Engine()
+    assert compat.swap_checkpoint_engine(engine, subclass)
+    engine.checkpoint_engine.load("x", map_location="cpu")
+    assert calls == ["x"] and isinstance(engine.checkpoint_engine, TorchCheckpointEngine)
