@@ -64,5 +64,6 @@ def refused_pickle(path, e: BaseException) -> WeightsFileError:
     """The one-line error for a .pt/.bin torch.load(weights_only=True) refused."""
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     reason = next((x for x in lines if "unsupported" in x.lower() or "WeightsUnpickler" in x), lines[0] if lines else "")
-    return WeightsFileError(f"{os.fspath(path)}: not a plain weights file (a pickle of other objects is refused: "
-                            f"{reason or type(e).__name__})")
+    reason = reason.split(" was not an allowed global")[0].split(" whose module ")[0]
+    return WeightsFileError(f"{os.fspath(path)}: not a weights-only torch checkpoint (a pickle of other objects "
+                            f"is refused: {reason or type(e).__name__})")
