@@ -74,7 +74,7 @@ def test_eval_refuses_bad_files_in_one_line(tmp_path_factory, tmp_path):
         r = _eval(path, data)
         assert r.returncode == 2, r.stderr[-3000:]
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"clipav2 eval: {path}: "), r.stderr[-3000:]
+        assert len(lines) == 1 and str(path) in lines[0] and lines[0].startswith("clipav2 eval: "), r.stderr[-3000:]
     assert not marker.exists()
     assert "posix.system" in _eval(evil, data).stderr
 
