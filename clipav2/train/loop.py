@@ -127,6 +127,7 @@ class Trainer:
     def run_stage(self, index: int) -> int:
         from clipav2.data import build_train_loader
         from clipav2.data.loader import host_memory_note
+        from clipav2.parallel import micro_batch
         from clipav2.eval.periodic import PeriodicEval
         from clipav2.cost.plan import kept_image_tokens
         from clipav2.models.arch import get_arch
@@ -142,6 +143,10 @@ class Trainer:
         model = build_stage_model(cfg, index, self.run_dir)
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
+        if micro_batch.wanted(cfg, stage):  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
+            fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
+            stage.micro_batch = fit["micro_batch"]
+            _say(world, micro_batch.explain(stage.name, fit))
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -239,6 +244,12 @@ class Trainer:
         with attention_kernels() as ran:
             result = runner.run(micro, step)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
+            import torch
+
+            from clipav2.parallel.micro_batch import record_trial
+
+            record_trial(self.run_dir, runner.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
         return result
 
     def guard_message(self) -> str:
