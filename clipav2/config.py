@@ -1,5 +1,6 @@
 """The run configuration: YAML plus dotted `key=value` overrides, typed and validated before
-anything is built. A recipe is data (DESIGN idea 1): a model name plus an ordered list of stages.
+anything is built. A recipe is data: a model name plus an ordered list of stages, possibly
+starting from another recipe (`base:`, `stage_defaults:`; clipav2/inherit.py).
 
     cfg = load_config("configs/h14.yaml", ["stages.pretrain.samples=4096", "parallel.strategy=fsdp"])
 

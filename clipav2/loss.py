@@ -1,4 +1,4 @@
-"""CLIP's softmax InfoNCE over the global batch (spec section 3): ½(CE image->text + CE
+"""CLIP's softmax InfoNCE over the global batch (clipa_jax `loss_use_global_batch`): ½(CE image->text + CE
 text->image). Each rank scores its own rows against the features of every rank, gathered with
 gradients (torch.distributed.nn.functional.all_gather sums the gradients back on the way down),
 so the mean of the ranks' losses is the single-process loss over the global batch, in value and

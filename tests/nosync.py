@@ -1,5 +1,5 @@
 """`forbid_host_sync()`: make any read of a tensor's value by the host raise inside a block, to
-check that a training step only enqueues device work (issue 9).
+check that a training step only enqueues device work (docs/engine.md).
 
 On CUDA, torch's own sync debug mode catches every implicit synchronisation. On any device, the
 Python-level reads (`.item()`, `.tolist()`, `bool()`, `float()`, `int()`, `.numpy()`) raise, so

@@ -8,15 +8,15 @@ from clipav2.perf.result import Row, ratio, table
 from clipav2.perf.search import largest_fitting
 
 
-def test_mfu_of_the_spec_anchor():
-    # spec section 5: H/14 @84 T8 is ~151 GFLOPs per training sample; 2,900 samples/s on an H100
+def test_mfu_of_the_quoted_anchor():
+    # docs/cost.md: H/14 @84 T8 is ~151 GFLOPs per training sample; 2,900 samples/s on an H100
     # is 151e9 * 2900 = 437.9 TFLOP/s, and 437.9 / 989 = 44.28 %.
     assert achieved_tflops(151e9, 2900) == pytest.approx(437.9)
     assert mfu(151e9, 2900, 989.0) == pytest.approx(0.442770, abs=1e-6)
     # and back: 45 % of 989 TFLOP/s at 151 GFLOPs per sample = 2947.35 samples/s
     assert samples_per_s_for_mfu(151e9, 0.45, 989.0) == pytest.approx(2947.35, abs=0.01)
     # OpenCLIP's H/14 anchor: 42 samples/s at 224 px (354.02 GFLOPs forward) on an A100:
-    # 3 * 354.02e9 * 42 / 312e12 = 14.30 % (the spec's "~15 %")
+    # 3 * 354.02e9 * 42 / 312e12 = 14.30 % (the "~15 %" usually quoted for that run)
     assert mfu(3 * 354.02e9, 42, 312.0) == pytest.approx(0.142970, abs=1e-6)
 
 

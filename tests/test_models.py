@@ -46,7 +46,7 @@ def test_keep_of_all_patches_in_any_order_equals_no_keep():
 
 
 def _jax_sincos(h, w, width):
-    """big_vision's posemb_sincos_2d, written from the spec's formula in numpy."""
+    """big_vision's posemb_sincos_2d (big_vision/models/vit.py), written again in numpy."""
     y, x = np.mgrid[:h, :w]
     omega = np.arange(width // 4) / (width // 4 - 1)
     omega = 1.0 / (10000**omega)

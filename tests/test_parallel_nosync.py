@@ -1,4 +1,4 @@
-"""No host synchronisation inside the step (issue 9): the skip decision is made on the device and
+"""No host synchronisation inside the step (docs/engine.md): the skip decision is made on the device and
 honoured by the optimizer, the skip counters stay on the device and miss no run of skips when
 read only every few steps, and the host reads results in one copy."""
 import random

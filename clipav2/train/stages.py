@@ -1,6 +1,7 @@
-"""Stage transitions (DESIGN idea 1; spec section 3, "Between stages"): the weights and the
-temperature are carried, the image position embedding is recomputed for the new resolution
-(sin-cos) or resampled (a learned table), the text position table is resized linearly (8 -> 32).
+"""Stage transitions (clipa_jax/configs/model_h/unmask_tuning_*.py start from the previous stage's
+weights, `masked_init`): the weights and the temperature are carried, the image position
+embedding is recomputed for the new resolution (sin-cos) or resampled (a learned table), the text
+position table is resized linearly (8 -> 32).
 The optimizer, LR schedule and step start fresh because every stage builds its own Strategy.
 
 Every stage after the first starts from the previous stage's consolidated weights on disk
