@@ -1,8 +1,13 @@
 """`clipav2 <command> ...`: each command lives in `clipav2/commands/<name>.py` with
 `add_arguments(parser)` and `main(args) -> int`. Only the chosen command's module is imported,
-so `clipav2 models` does not pay for DeepSpeed or the data stack."""
+so `clipav2 models` does not pay for DeepSpeed or the data stack.
+
+Options and `key=value` overrides may come in any order (`clipav2 train CONFIG --stage finetune
+run_dir=/tmp/x`). Output cut short by a closed pipe (`clipav2 models --json | head`) ends quietly
+with status 141, as a tool killed by SIGPIPE would."""
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module under clipav2.commands, one-line help)
@@ -21,15 +26,35 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: clipav2 <command> [options]", "", "commands:"]
+    lines = ["usage: clipav2 <command> [options]   (clipav2 --version)", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Positionals (overrides) may follow options; argparse cannot intermix under subcommands."""
+    if parser._subparsers is not None:
+        return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
+
+
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # the reader left (`| head`): send what is still buffered nowhere, and exit without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from clipav2 import __version__
+
+        print(f"clipav2 {__version__}")
         return 0
     name = argv[0]
     if name not in COMMANDS:
@@ -38,8 +63,10 @@ def main(argv=None) -> int:
     module = importlib.import_module(f"clipav2.commands.{COMMANDS[name][0]}")
     parser = argparse.ArgumentParser(prog=f"clipav2 {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    return int(module.main(args) or 0)
+    args = _parse(parser, argv[1:])
+    code = int(module.main(args) or 0)
+    sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+    return code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from clipav2.reduce.text import REDUCTIONS as _TEXT_REDUCTIONS
+
 from clipav2.train.decay import RULES as DECAY_RULES
 
 
@@ -27,10 +29,10 @@ class ConfigError(ValueError):
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
+TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
-ATTENTION = ("sdpa", "flash_attn", "xformers")
+ATTENTION = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")  # clipav2.models.attention.BACKENDS
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
 
@@ -54,8 +56,8 @@ class DataConfig:
     eval_templates: str = "imagenet"  # imagenet | demo | path to a text file (one per line)
     retrieval: typing.Optional[str] = None  # image-text shards for recall@k
     vocab: typing.Optional[str] = None  # WordPiece vocabulary file (else CLIPAV2_VOCAB, else hub)
-    workers: int = 4
-    shuffle_buffer: int = 10000
+    workers: typing.Optional[int] = None  # loader processes per rank; None: CPUs per GPU - 1 (data.loader)
+    shuffle_buffer: int = 10000  # records in the shuffle buffers of ALL ranks and workers together
     prefetch: int = 4
     pin_memory: bool = True
     fast_decode: bool = True
@@ -66,7 +68,7 @@ class DataConfig:
 class ParallelConfig:
     strategy: str = "single"
     zero_stage: int = 2
-    micro_batch: int = 32  # per GPU; a stage may override it
+    micro_batch: typing.Union[int, str] = 32  # per GPU, or auto: the largest that fits (a stage may override it)
     grad_accum: typing.Optional[int] = None  # None: global_batch // (world * micro_batch)
     precision: str = "auto"  # auto: bf16_autocast on CUDA, fp32 on the CPU (docs/engine.md)
     reshard_after_forward: bool = True
@@ -200,7 +202,12 @@ def _coerce(value, tp, key: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        for arg in args[:-1]:  # the first type the value fits (e.g. int | "auto")
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:
@@ -332,7 +339,10 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"parallel.strategy: single runs one process but the launcher started {world_size}; use ddp, fsdp or deepspeed")
     _check_choice("parallel.zero_stage", p.zero_stage, (1, 2, 3))
     _check_choice("parallel.precision", p.precision, PRECISIONS)
-    _positive("parallel.micro_batch", p.micro_batch)
+    if isinstance(p.micro_batch, str):
+        _check_choice("parallel.micro_batch", p.micro_batch, ("auto",))
+    else:
+        _positive("parallel.micro_batch", p.micro_batch)
     if p.grad_accum is not None:
         _positive("parallel.grad_accum", p.grad_accum)
     if p.hsdp_shard_size is not None:
@@ -343,7 +353,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         raise ConfigError(f"parallel.timeout_minutes: {p.timeout_minutes} must be > 0")
     d = cfg.data
     for key in ("workers", "shuffle_buffer", "prefetch"):
-        if getattr(d, key) < 0:
+        if getattr(d, key) is not None and getattr(d, key) < 0:
             raise ConfigError(f"data.{key}: {getattr(d, key)} must be >= 0")
     if d.vocab is not None and not Path(d.vocab).is_file():
         raise ConfigError(f"data.vocab: no such file {d.vocab!r}")
@@ -454,7 +464,7 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
     if s.init_from is not None and not Path(s.init_from).exists():
         raise ConfigError(f"{key}.init_from: no such file {s.init_from!r}")
     if world_size is not None:
-        micro = s.micro_batch or cfg.parallel.micro_batch
+        micro = micro_batch_of(cfg, s, world_size)
         accum = cfg.parallel.grad_accum
         if accum is None:
             if s.global_batch % (world_size * micro):
@@ -467,9 +477,16 @@ def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_siz
             )
 
 
+def micro_batch_of(cfg: Config, stage: StageConfig, world_size: int) -> int:
+    """The stage's micro-batch per rank. `auto` not yet fitted to the device
+    (`parallel.micro_batch_fit`, at a stage's start) means the whole per-rank batch."""
+    micro = stage.micro_batch or cfg.parallel.micro_batch
+    return stage.global_batch // world_size if micro == "auto" else micro
+
+
 def grad_accum_steps(cfg: Config, stage: StageConfig, world_size: int) -> int:
     """Micro-steps per optimizer step for this stage (validated above)."""
-    micro = stage.micro_batch or cfg.parallel.micro_batch
+    micro = micro_batch_of(cfg, stage, world_size)
     return cfg.parallel.grad_accum or stage.global_batch // (world_size * micro)
 
 

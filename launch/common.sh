@@ -39,6 +39,9 @@ check_settings() {
     export CUDA_VISIBLE_DEVICES=""  # the engine picks gloo when it sees no GPU
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   fi
+  # grow CUDA memory segments instead of fragmenting them: the changing shapes of a multi-stage
+  # run (84 -> 224 -> 336 px) would otherwise strand reserved blocks (a user's setting wins)
+  export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 }
 
 # TRAIN_ARGS: what follows `clipav2` on every rank. Our settings come before the user's
@@ -161,14 +164,30 @@ explain_exit() {
   esac >&2
 }
 
-# One node: NUM_GPUS trainers under the deepspeed launcher (or torchrun).
+# One trainer in this process, when a launcher already started one process per GPU and set
+# RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (`deepspeed launch/h14.sh`): the same
+# `clipav2 train` arguments as below; NUM_GPUS, LAUNCHER and MASTER_PORT are the launcher's business.
+run_as_rank() {
+  check_settings
+  build_train_args "$@"
+  if [ "$DRY_RUN" = 1 ]; then
+    print_cmd python -m clipav2 "${TRAIN_ARGS[@]}"
+    exit 0
+  fi
+  exec python -m clipav2 "${TRAIN_ARGS[@]}"
+}
+
+# One node: NUM_GPUS trainers under the deepspeed launcher (or torchrun); under a launcher's
+# LOCAL_RANK, this process's trainer.
 launch_single_node() {
+  if [ -n "${LOCAL_RANK:-}" ] && [ -n "${WORLD_SIZE:-}" ]; then run_as_rank "$@"; fi
   check_settings
   build_train_args "$@"
   preflight "$NUM_GPUS"
   build_launch_cmd 1 0 127.0.0.1
   if [ "$DRY_RUN" = 1 ]; then
     if [ "$DEVICE" = cpu ]; then echo "export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$OMP_NUM_THREADS"; fi
+    echo "export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"
     print_cmd "${LAUNCH_CMD[@]}"
     return 0
   fi

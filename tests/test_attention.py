@@ -61,3 +61,21 @@ def test_missing_backend_names_the_gpu_extra(backend, package):
         pytest.skip(f"{package} is installed here")
     with pytest.raises(ImportError, match=r"clipav2\[gpu\]"):
         create_model("tiny", attention=backend)
+
+
+def test_sdpa_flash_runs_the_flash_kernel_on_cpu_and_matches_float64():
+    """`sdpa_flash` restricts SDPA to its flash kernel (torch has a CPU one): the profiler names it."""
+    from clipav2.models.kernels import attention_kernels
+
+    q, k, v = _qkv("cpu", torch.float32)
+    with attention_kernels() as ran:
+        out = get_attention("sdpa_flash")(q, k, v)
+    assert set(ran) == {"flash (cpu)"}, ran
+    torch.testing.assert_close(out.double(), _reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on CUDA the cuDNN kernel may run")
+def test_sdpa_cudnn_where_cudnn_cannot_run_is_an_error():
+    q, k, v = _qkv("cpu", torch.float32)
+    with pytest.raises(RuntimeError):
+        get_attention("sdpa_cudnn")(q, k, v)

@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clipav2.models.attention import BACKENDS, Attention
-from clipav2.perf.kernels import attention_kernels, describe
+from clipav2.models.kernels import attention_kernels, describe
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

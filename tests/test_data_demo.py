@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipav2.data import demo
 from clipav2.data.make import make_shards
-from clipav2.data.zeroshot import classnames, eval_batches, templates
+from clipav2.eval.sets import classification_batches, classnames, templates
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_demo_colours_are_in_the_pixels(demo_dir):
     palette = {**demo.COLORS, **{f"bg {k}": v for k, v in demo.BACKGROUNDS.items()}}
     names, table = list(palette), torch.tensor(list(palette.values()), dtype=torch.float)
     hits = n = 0
-    for images, labels in eval_batches(demo_dir / "eval", 64, "resize", batch_size=60, workers=0):
+    for images, labels in classification_batches(str(demo_dir / "eval"), 64, "resize", batch_size=60):
         for img, label in zip(images, labels):
             px = img.permute(1, 2, 0).reshape(-1, 1, 3).float()
             dist = ((px - table) ** 2).sum(-1).sqrt()
@@ -95,7 +95,7 @@ def test_demo_colours_are_in_the_pixels(demo_dir):
 def test_zero_shot_names_and_templates_match_open_clip():
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from clipav2.data.zeroshot import IMAGENET_CLASSNAMES as OURS
+    from clipav2.eval.sets import IMAGENET_CLASSNAMES as OURS
 
     assert classnames("imagenet") == list(IMAGENET_CLASSNAMES) == list(OURS) and len(OURS) == 1000
     assert [t.format("dog") for t in templates("imagenet")] == [t("dog") for t in OPENAI_IMAGENET_TEMPLATES]
@@ -109,7 +109,7 @@ def test_image_folder_eval_input(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.new("RGB", (50 + i, 40), (c * 200, 0, 0)).save(tmp_path / cls / f"{i}.jpg")
-    batches = list(eval_batches(tmp_path, 32, "center_crop", batch_size=4, workers=0))
+    batches = list(classification_batches(str(tmp_path), 32, "center_crop", batch_size=4))
     labels = torch.cat([b[1] for b in batches])
     assert labels.tolist() == [0, 0, 0, 1, 1, 1] and batches[0][0].shape == (4, 3, 32, 32)
     assert batches[0][0].dtype == torch.uint8

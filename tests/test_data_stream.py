@@ -132,3 +132,15 @@ def test_state_of_another_rank_is_refused(shards):
     state = build_train_loader(cfg, cfg.stages[0], World(0, 2), fake_text).state_dict()
     with pytest.raises(ValueError, match="rank 0 given to rank 1"):
         build_train_loader(cfg, cfg.stages[0], World(1, 2), fake_text, state=state)
+
+
+def test_the_shuffle_buffer_is_the_jobs_figure_split_over_ranks_and_workers(shards):
+    """data.shuffle_buffer counts records of all streams together (the JAX recipe's 250,000 is
+    global): 2 ranks x 2 workers with 8 shuffle 2 records each; the note at start says so."""
+    from clipav2.data.loader import host_memory_note, stream_buffer
+
+    assert stream_buffer(250_000, 8 * 6) == 5208 and stream_buffer(3, 8) == 1
+    cfg = make_cfg(shards[0], workers=2, buffer=8)
+    loader = build_train_loader(cfg, cfg.stages[0], World(0, 2), fake_text)
+    note = host_memory_note(loader, cfg.stages[0])
+    assert "shuffle buffer 8 over 2 ranks x 2 workers = 2 records per stream" in note and "GiB" in note

@@ -6,6 +6,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,30 @@ def test_dry_run_prints_a_deepspeed_command_for_the_recipe(fakes, script, model)
     assert cfg.data.train == fakes().get("DATA") and cfg.run_dir == fakes().get("RUN_DIR")
     assert cfg.stages[0].warmup_steps == 7  # the user's override reaches the trainer, last
     assert not fakes.log.exists()  # nothing was started
+
+
+def test_launchers_grow_cuda_memory_segments_unless_the_user_says_otherwise(fakes):
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in run("launch/h14.sh", fakes(DRY_RUN="1")).stdout
+    mine = run("launch/h14.sh", fakes(DRY_RUN="1", PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:512")).stdout
+    assert "export PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512" in mine
+
+
+@pytest.mark.parametrize("script", ["launch/h14.sh", "launch/g14.sh"])
+def test_run_by_python_as_deepspeed_does_each_rank_gets_the_same_train_arguments(fakes, script):
+    """`deepspeed launch/X.sh` runs `python -u launch/X.sh --local_rank=N` per GPU with the
+    launcher's variables set: that process must become the trainer bash would have started."""
+    settings = dict(DRY_RUN="1", ZERO_STAGE="3")
+    outer = run(script, fakes(**settings), "stages.pretrain.warmup_steps=7")
+    assert outer.returncode == 0, outer.stderr
+    (launcher,) = command_lines(outer.stdout)
+    rank = subprocess.run([sys.executable, "-u", script, "--local_rank=1", "stages.pretrain.warmup_steps=7"], cwd=REPO,
+                          env=fakes(LOCAL_RANK="1", RANK="1", WORLD_SIZE="8", **settings),
+                          capture_output=True, text=True, timeout=60)
+    assert rank.returncode == 0, rank.stderr
+    (trainer,) = command_lines(rank.stdout)
+    assert trainer[:3] == ["python", "-m", "clipav2"]
+    assert train_args(trainer) == train_args(launcher)
+    assert not fakes.log.exists()  # no launcher started inside a rank
 
 
 def test_fsdp_goes_through_torchrun_and_the_recipe_keeps_its_zero_stage(fakes):

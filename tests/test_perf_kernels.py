@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from clipav2.perf.kernels import attention_kernels, describe, kernel_of
+from clipav2.models.kernels import attention_kernels, describe, kernel_of
 
 
 def _attend(backend):

@@ -31,8 +31,8 @@ def test_count_and_order(name, n, k):
     pieces = list(range(100, 100 + n))
     prios = [random.Random(n).randint(1, 4) for _ in pieces]
     extra = {"words": [i // 2 for i in range(n)]} if name == "syntax" else {}
-    kept = reduce_text.REDUCTIONS[name](pieces, k, rng=random.Random(0), priorities=prios, **extra)
-    assert len(kept) == min(n, k)
+    kept = reduce_text.REDUCTIONS[name].select(pieces, k, rng=random.Random(0), priorities=prios, **extra)
+    assert len(kept) == min(n, k) == reduce_text.REDUCTIONS[name].kept_count(n, k)
     assert kept == sorted(set(kept)) and set(kept) <= set(pieces), "a subsequence: original order, no repeats"
     if n <= k:
         assert kept == pieces
@@ -52,7 +52,7 @@ def test_truncate_and_block_are_windows():
 @pytest.mark.parametrize("name", ["random", "block"])
 def test_random_draws_repeat_per_seed_and_differ_across_seeds(name):
     pieces = list(range(50))
-    fn = reduce_text.REDUCTIONS[name]
+    fn = reduce_text.REDUCTIONS[name].select
     assert fn(pieces, 10, rng=random.Random(5)) == fn(pieces, 10, rng=random.Random(5))
     assert len({tuple(fn(pieces, 10, rng=random.Random(s))) for s in range(20)}) > 10
 

@@ -21,10 +21,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from clipav2.config import StageConfig  # noqa: E402
+from clipav2.reduce.text import REDUCTIONS as TEXT_REDUCTIONS  # noqa: E402
 from clipav2.text import make_text_transform  # noqa: E402
 from clipav2.text.captions import generate_captions  # noqa: E402
 
-REDUCTIONS = ("truncate", "random", "block", "syntax", "syntax_pieces", "syntax_context")
+REDUCTIONS = tuple(TEXT_REDUCTIONS)
 
 
 def best_rate(run, captions, repeats: int) -> float:

@@ -52,6 +52,22 @@ def _check_args(args) -> None:
         raise ConfigError(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
 
 
+def _demo_data(path, overrides) -> list[str]:
+    """A `data.demo` recipe reads the set its first `clipav2 train` generated into RUN_DIR/demo_data."""
+    from pathlib import Path
+
+    from clipav2.config import load_config
+
+    cfg = load_config(path, overrides)
+    if not cfg.data.demo or cfg.data.train:
+        return []
+    root = Path(cfg.run_dir) / "demo_data"
+    if not (root / "train").is_dir():
+        raise ConfigError(f"--data: the demo data set is not in {root} yet; write it with `clipav2 data demo {root}` "
+                          f"(or run `clipav2 train {path}` once)")
+    return [f"data.train={root / 'train'}"]
+
+
 def main(args) -> int:
     from clipav2.commands.train import launcher_world_size
 
@@ -68,7 +84,8 @@ def main(args) -> int:
                      checkpointing=args.checkpointing)
         micro = None if args.micro_batch in (None, "auto") else int(args.micro_batch)
         world_size = launcher_world_size()
-        cfg, stage = load_bench_config(args.config, args.overrides, args.stage, flags, micro, opts, world_size)
+        overrides = list(args.overrides) + (_demo_data(args.config, args.overrides) if args.data else [])
+        cfg, stage = load_bench_config(args.config, overrides, args.stage, flags, micro, opts, world_size)
     except ConfigError as e:
         print(f"clipav2 bench: {e}", file=sys.stderr)
         return exitcodes.CONFIG
@@ -80,7 +97,7 @@ def main(args) -> int:
     from clipav2.perf.bench import run_bench
     from clipav2.perf.result import table
 
-    rows, world = run_bench(args.config, args.overrides, cfg, stage, flags, opts, auto_batch=args.micro_batch == "auto")
+    rows, world = run_bench(args.config, overrides, cfg, stage, flags, opts, auto_batch=args.micro_batch == "auto")
     if world.is_main:
         print(json.dumps([r.as_dict() for r in rows], indent=1) if args.json else table(rows))
     return 0 if all(r.error is None or r.trainer != "clipav2" for r in rows) else 1

@@ -26,16 +26,20 @@ def add_arguments(parser):
 
 
 def _hardware(args, cfg):
+    """The hardware to cost on; None when nothing asks for cost; a note (str) when the recipe's
+    accelerator cannot be costed without a measured rate."""
     from clipav2.cost.plan import Hardware
     from clipav2.cost.prices import get_accelerator, parse_price
 
     gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else None)
-    wants_cost = gpu or any(v is not None for v in (args.gpus, args.mfu, args.samples_per_s, args.price))
-    if not wants_cost:
+    flags = any(v is not None for v in (args.gpu, args.gpus, args.mfu, args.samples_per_s, args.price))
+    if not (gpu or flags):
         return None
     if gpu is None:
         raise ValueError("--gpu: name the accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3)")
     accel = get_accelerator(gpu)
+    if not flags and not accel.peak_flops:  # only the recipe's cost.gpu, and no MFU can time it
+        return f"cost left out: {accel.name} has no peak FLOP/s to apply an MFU to; give --samples-per-s (e.g. from clipav2 bench)"
     price = args.price if args.price is not None else cfg.cost.price_per_gpu_hour
     price = accel.price_per_hour if price is None else parse_price(price)
     mfu = args.mfu if args.mfu is not None or args.samples_per_s is not None else 0.45
@@ -91,9 +95,13 @@ def main(args) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        doc = plan(cfg, _hardware(args, cfg))
+        hardware = _hardware(args, cfg)
+        note = hardware if isinstance(hardware, str) else None
+        doc = plan(cfg, None if note else hardware)
     except (ConfigError, PriceError, ValueError) as e:
         print(f"clipav2 plan: {e}", file=sys.stderr)
         return exitcodes.CONFIG
-    print(json.dumps(doc, indent=1) if args.json else _text(doc))
+    if note:
+        doc["cost_note"] = note
+    print(json.dumps(doc, indent=1) if args.json else _text(doc) + (f"\n{note}" if note else ""))
     return exitcodes.OK

@@ -41,15 +41,37 @@ def check_text(cfg) -> None:
             raise ConfigError(f"stages.{stage.name}.text_reduction: {' '.join(str(e).split())}") from None
 
 
+def check_start(cfg, name: str) -> None:
+    """`--stage NAME` of a later stage starts from the previous stage's weights file: it must exist
+    (or the stage has its own init_from) before anything, demo data included, is written."""
+    from clipav2.train.stages import stage_weights
+
+    names = [s.name for s in cfg.stages]
+    index = names.index(cfg.stage(name).name)
+    if index == 0 or cfg.stages[index].init_from:
+        return
+    prev = stage_weights(cfg.run_dir, names[index - 1])
+    if not prev.is_file():
+        raise ConfigError(f"--stage {name}: starts from stage {names[index - 1]!r}, and {prev} does not exist; "
+                          f"run that stage first, or set stages.{name}.init_from")
+
+
+def _say(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
+
+
 def main(args) -> int:
     try:
         cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
         if args.stage is not None:
-            cfg.stage(args.stage)
+            check_start(cfg, args.stage)
         check_text(cfg)
     except ConfigError as e:
         print(f"clipav2 train: {e}", file=sys.stderr)
         return exitcodes.CONFIG
+    if not (cfg.data.eval or cfg.data.retrieval or cfg.data.demo):
+        _say("note: no data.eval or data.retrieval in the config: this run will not evaluate")
     from clipav2.train.loop import train  # heavy imports only once the config is known good
 
     return train(cfg, only_stage=args.stage, fresh=args.fresh)

@@ -22,6 +22,7 @@ from collections import Counter
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipav2.config import micro_batch_of
 from clipav2.data.shards import expand_urls
 from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
 from clipav2.data.transforms import TrainTransform
@@ -55,9 +56,9 @@ class TrainLoader:
     def __init__(self, cfg, stage, world, text_transform, state=None):
         d = cfg.data
         self.rank, self.world_size = int(world.rank), int(world.world_size)
-        self.workers = d.workers
-        self.n_local = max(1, d.workers)
-        self.batch_size = stage.micro_batch or cfg.parallel.micro_batch
+        self.workers = default_workers(world) if d.workers is None else d.workers
+        self.n_local = max(1, self.workers)
+        self.batch_size = micro_batch_of(cfg, stage, world.world_size)
         self.urls = tuple(expand_urls(d.train))
         self.layout = {"urls": derive_seed(*self.urls), "n_shards": len(self.urls), "seed": cfg.seed,
                        "stage": stage.name, "world_size": self.world_size, "workers": self.workers,
@@ -74,8 +75,9 @@ class TrainLoader:
 
     # ------------------------------------------------------------------ iteration
     def _dataloader(self) -> DataLoader:
-        spec = StreamSpec(self.urls, self.layout["seed"], self.layout["stage"], self.world_size * self.n_local,
-                          max(1, self.layout["shuffle_buffer"]), self.generation)
+        streams = self.world_size * self.n_local
+        spec = StreamSpec(self.urls, self.layout["seed"], self.layout["stage"], streams,
+                          stream_buffer(self.layout["shuffle_buffer"], streams), self.generation)
         dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
                                [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
         extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch)} if self.workers else {}
@@ -126,6 +128,45 @@ class TrainLoader:
         if self.rank == 0:
             log.warning("data: %s changed since the checkpoint; starting data generation %d (fresh epochs, "
                         "no record read twice within an epoch)", ", ".join(changed), self.generation)
+
+
+def default_workers(world) -> int:
+    """Loader processes per rank: this machine's CPUs shared by its GPUs (ranks), one left for the
+    trainer itself, at most 16."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_node = torch.cuda.device_count() if world.device.type == "cuda" else 1
+    return max(1, min(16, cpus // max(1, per_node) - 1))
+
+
+def stream_buffer(total: int, streams: int) -> int:
+    """`data.shuffle_buffer` is the job's figure (the JAX recipe's 250,000), split over every
+    rank's workers: each stream shuffles within total / streams records."""
+    return max(1, total // max(1, streams))
+
+
+def host_memory_note(loader, stage) -> str:
+    """One line: the shuffle buffers and prefetched batches this rank holds, in bytes estimated
+    from the first shard (its size over its records) and the micro-batch's uint8 tensors."""
+    import tarfile
+    from pathlib import Path
+
+    streams = loader.world_size * loader.n_local
+    per_stream = stream_buffer(loader.layout["shuffle_buffer"], streams)
+    first = Path(loader.urls[0])
+    record = None
+    if first.is_file():
+        with tarfile.open(first) as tar:
+            keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+        record = first.stat().st_size / max(1, len(keys))
+    batch = loader.batch_size * (3 * stage.image_size**2 + 8 * stage.text_len)
+    in_flight = batch * max(1, loader.prefetch) * loader.n_local
+    buffers = None if record is None else per_stream * loader.n_local * record
+    total = f"~{(buffers + in_flight) / 2**30:.2f} GiB" if buffers is not None else "unknown (remote shards)"
+    return (f"data: shuffle buffer {loader.layout['shuffle_buffer']:,} over {loader.world_size} ranks x "
+            f"{loader.n_local} workers = {per_stream:,} records per stream; expected host memory per rank "
+            f"{total} (buffers of encoded records + {in_flight / 2**20:.0f} MiB of prefetched batches)")
 
 
 def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:

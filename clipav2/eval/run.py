@@ -36,17 +36,18 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None,
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
             part = (world.rank, world.world_size) if shared else (0, 1)
             batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
-                                                  cfg.data.workers, protocol=how, classes=len(names), part=part)
+                                                  cfg.data.workers, how, len(names), cfg.data.fast_decode, part)
             if shared:
                 result = _classify_shared(model, batches, classes, normalize, device, world, stage.image_size)
             else:
                 result = zeroshot.classify(model, batches, classes, normalize, device)
             out["zero_shot"] = {**result, "classes": len(names), "chance": 1.0 / len(names)}
+            out["zero_shot"].setdefault("skipped", batches.skipped)
         if retrieval_path:
             batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
-                                             cfg.eval.batch_size, tok, cfg.data.workers, protocol=how)
+                                             cfg.eval.batch_size, tok, cfg.data.workers, how, cfg.data.fast_decode)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
-            out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0]}
+            out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0], "skipped": batches.skipped}
     return out
 
 
@@ -84,12 +85,12 @@ def _classify_shared(model, batches, classes, normalize, device, world, image_si
             raise
         local = {"top1": 0.0, "top5": 0.0, "n": 0}  # this rank's share of the set was empty
     keys = sorted(k for k in local if k.startswith("top"))
-    counts = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"]], dtype=torch.float64, device=device)
+    counts = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"], batches.skipped], dtype=torch.float64, device=device)
     dist.all_reduce(counts)
-    n = int(round(counts[-1].item()))
+    n = int(round(counts[-2].item()))
     if n == 0:
         raise ValueError("zero-shot evaluation set is empty")
-    return {**{k: counts[i].item() / n for i, k in enumerate(keys)}, "n": n}
+    return {**{k: counts[i].item() / n for i, k in enumerate(keys)}, "n": n, "skipped": int(round(counts[-1].item()))}
 
 
 def describe(stage_name: str, result: dict) -> str:
@@ -98,8 +99,9 @@ def describe(stage_name: str, result: dict) -> str:
     z = result.get("zero_shot")
     if z:
         parts.append(f"zero-shot top-1 {100 * z['top1']:.1f}% top-5 {100 * z['top5']:.1f}% "
-                     f"on {z['n']} images, {z['classes']} classes (chance {100 * z['chance']:.1f}%)")
+                     f"on {z['n']} images, {z['classes']} classes (chance {100 * z['chance']:.1f}%)"
+                     + (f", {z['skipped']} unreadable skipped" if z.get("skipped") else ""))
     r = result.get("retrieval")
     if r:
-        parts.append("retrieval " + " ".join(f"{k} {100 * v:.1f}%" for k, v in r.items() if k != "n"))
+        parts.append("retrieval " + " ".join(f"{k} {100 * v:.1f}%" for k, v in r.items() if k not in ("n", "skipped")))
     return f"[{stage_name}] " + ("; ".join(parts) if parts else "no evaluation set configured")

@@ -1,7 +1,15 @@
-"""Evaluation inputs: labelled webdataset shards (`cls`) or an ImageFolder directory for zero-shot
-classification, captioned shards for retrieval; class names and prompt templates by name
-("imagenet", "demo") or from a text file. Decoding uses the data package's EvalTransform and shard
-reader; batches are (uint8 images, labels) or (uint8 images, token ids)."""
+"""Evaluation inputs, in one place: labelled webdataset shards (`KEY.cls`) or an ImageFolder
+directory (class = sorted sub-directory index, as torchvision and ImageNet's val layout give) for
+zero-shot classification, captioned shards (`KEY.txt`) for retrieval; class names and prompt
+templates by name or from a text file (one per line):
+
+    imagenet  CLIP's ImageNet-1k class names (index = class id) and its 80 templates
+    demo      the demo set's (its OUT/eval/classnames.txt and templates.txt when beside the set)
+
+Decoding is the data package's EvalTransform and shard reader. One rule for bad input: a record
+or file whose image does not decode, or that lacks its label or caption, is skipped and counted
+(`Batches.skipped`, reported beside the figures), never fatal, in every input kind.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,49 +17,62 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def _lines(path) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"{path}: empty")
-    return lines
-
-
-def _named_list(kind: str, spec: str, eval_path: str | None) -> list[str]:
-    """`demo` (preferring OUT/eval/<kind>.txt beside the set), `imagenet`, or a text file."""
-    if spec == "demo":
-        beside = Path(eval_path or "") / f"{kind}.txt"
-        if eval_path and beside.is_file():
-            return _lines(beside)
-        from clipav2.data import demo
-
-        return getattr(demo, kind)()
-    if spec == "imagenet":
-        from clipav2.data import zeroshot
-
-        return list(getattr(zeroshot, f"IMAGENET_{kind.upper()}"))
-    return _lines(spec)
-
-
-def classnames(spec: str, eval_path: str | None = None) -> list[str]:
-    return _named_list("classnames", spec, eval_path)
-
-
-def templates(spec: str, eval_path: str | None = None) -> list[str]:
-    return _named_list("templates", spec, eval_path)
-
-
-def _image_of(record: dict):
-    for ext in IMAGE_EXTS:
-        if ext in record:
-            return record[ext]
-    return None
+_HERE = Path(__file__).parent
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 
 
 class ClassMismatch(ValueError):
     """The class names given do not fit the evaluation set's labels."""
+
+
+def lines(path) -> list[str]:
+    """The non-empty, stripped lines of a UTF-8 text file; an empty file is an error naming it."""
+    found = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not found:
+        raise ValueError(f"{path}: no entries (one class name or template per line)")
+    return found
+
+
+IMAGENET_CLASSNAMES = tuple(lines(_HERE / "imagenet_classnames.txt"))
+IMAGENET_TEMPLATES = tuple(lines(_HERE / "imagenet_templates.txt"))
+
+
+def _named_list(kind: str, spec: str, eval_path) -> list[str]:
+    if spec == "imagenet":
+        return list(IMAGENET_CLASSNAMES if kind == "classnames" else IMAGENET_TEMPLATES)
+    if spec == "demo":
+        beside = Path(eval_path or "") / f"{kind}.txt"
+        if eval_path and beside.is_file():
+            return lines(beside)
+        from clipav2.data import demo
+
+        return getattr(demo, kind)()
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"{kind}: {spec!r} is not imagenet, demo, or a text file")
+    return lines(spec)
+
+
+def classnames(spec: str, eval_path=None) -> list[str]:
+    return _named_list("classnames", spec, eval_path)
+
+
+def templates(spec: str, eval_path=None) -> list[str]:
+    found = _named_list("templates", spec, eval_path)
+    bad = [t for t in found if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"templates: each needs exactly one {{}} for the class name, not {bad[0]!r}")
+    return found
+
+
+def check_classes(path: str, classes: int, folder_classes: int | None = None) -> None:
+    """The class names must fit the set: as many as an ImageFolder's class directories, or as the
+    `classnames.txt` stored beside labelled shards."""
+    beside = Path(path if Path(path).is_dir() else Path(path).parent) / "classnames.txt"
+    found = folder_classes if folder_classes is not None else len(lines(beside)) if beside.is_file() else None
+    if found is not None and found != classes:
+        where = "class directories" if folder_classes is not None else f"names in {beside}"
+        raise ClassMismatch(f"zero-shot: {classes} class names given (data.eval_classnames) but the evaluation set "
+                            f"{path} has {found} {where}")
 
 
 def _part(part) -> tuple[int, int]:
@@ -63,35 +84,35 @@ def _part(part) -> tuple[int, int]:
 
 
 class _ShardRecords(IterableDataset):
-    """(uint8 image, target) per good record of the shards, split across ranks (`part`: rank,
-    world) and loader workers: by shard when there are enough shards, else record by record."""
+    """(uint8 image or None, target or None) per record of the shards, split across ranks
+    (`part`: rank, world) and loader workers: by shard when there are enough shards, else record
+    by record."""
 
     def __init__(self, urls, transform, target, part=(0, 1)):
         self.urls, self.transform, self.target, self.part = list(urls), transform, target, part
 
     def __iter__(self):
+        from clipav2.data.records import BadRecord, image_bytes
         from clipav2.data.shards import iter_records
 
         index, count = _part(self.part)
         by_shard = len(self.urls) >= count
-        events = []
         n = -1
         for url in self.urls[index::count] if by_shard else self.urls:
-            for _key, record in iter_records(url, events):
+            for _key, record in iter_records(url, []):
                 n += 1
                 if not by_shard and n % count != index:
                     continue
-                data, target = _image_of(record), self.target(record)
-                if data is None or target is None:
-                    continue
+                target = self.target(record)
                 try:
-                    yield self.transform(data), target
-                except Exception:  # noqa: BLE001 - a bad image is skipped in evaluation too
-                    continue
+                    image = self.transform(image_bytes(record)) if target is not None else None
+                except BadRecord:
+                    image = None
+                yield image, target
 
 
 class _Folder(IterableDataset):
-    """ImageFolder layout (one sub-directory per class, sorted), read as bytes for EvalTransform."""
+    """ImageFolder layout, read as bytes for EvalTransform."""
 
     def __init__(self, root, transform, part=(0, 1)):
         from torchvision.datasets.folder import make_dataset
@@ -104,75 +125,80 @@ class _Folder(IterableDataset):
         self.transform, self.part = transform, part
 
     def __iter__(self):
+        from clipav2.data.records import BadRecord
+
         index, count = _part(self.part)
         for path, label in self.samples[index::count]:
-            yield self.transform(Path(path).read_bytes()), label
+            try:
+                yield self.transform(Path(path).read_bytes()), label
+            except (BadRecord, OSError):
+                yield None, label
 
 
 def _int_label(record):
-    raw = record.get("cls")
     try:
-        return int(raw.decode().strip()) if raw is not None else None
-    except ValueError:
+        return int(record["cls"].decode().strip())
+    except (KeyError, ValueError, UnicodeDecodeError):
         return None
 
 
-def check_classes(path: str, classes: int, folder_classes: int | None = None) -> None:
-    """The class names must fit the set: as many as an ImageFolder's class directories, or as the
-    `classnames.txt` stored beside labelled shards."""
-    beside = Path(path if Path(path).is_dir() else Path(path).parent) / "classnames.txt"
-    found = folder_classes if folder_classes is not None else len(_lines(beside)) if beside.is_file() else None
-    if found is not None and found != classes:
-        where = "class directories" if folder_classes is not None else f"names in {beside}"
-        raise ClassMismatch(f"zero-shot: {classes} class names given (data.eval_classnames) but the evaluation set "
-                            f"{path} has {found} {where}")
+def _caption(record):
+    raw = record.get("txt")
+    return raw.decode("utf-8", "replace") if raw is not None else None
 
 
-def _checked_labels(batches, classes: int, path: str):
-    for images, labels in batches:
-        if labels.numel() and int(labels.max()) >= classes:
-            raise ClassMismatch(f"zero-shot: the evaluation set {path} has label {int(labels.max())} but only "
-                                f"{classes} class names are given (data.eval_classnames)")
-        yield images, labels
+class Batches:
+    """Iterable of (uint8 images (B,3,S,S), targets) batches; `skipped` counts the records left
+    out so far. With `classes`, a label at or above it is a ClassMismatch."""
+
+    def __init__(self, loader, path: str, classes: int | None = None):
+        self.loader, self.path, self.classes, self.skipped = loader, path, classes, 0
+
+    def __iter__(self):
+        for images, targets, skipped in self.loader:
+            self.skipped += skipped
+            if images is None:
+                continue
+            if self.classes is not None and int(targets.max()) >= self.classes:
+                raise ClassMismatch(f"zero-shot: the evaluation set {self.path} has label {int(targets.max())} but "
+                                    f"only {self.classes} class names are given (data.eval_classnames)")
+            yield images, targets
 
 
-def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,
-                           protocol: str = "clipa", classes: int | None = None, part=(0, 1)):
-    """Batches of (uint8 images (B,3,S,S), labels (B,)) from labelled shards or an ImageFolder;
-    with `classes`, a set whose classes do not fit that many names is a `ClassMismatch`;
-    `part` (rank, world): this rank's share of the set."""
-    from clipav2.data import EvalTransform, expand_urls
-
-    transform = EvalTransform(image_size, kind, protocol=protocol)
-    if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
-        dataset = _Folder(path, transform, part)
-    else:
-        dataset = _ShardRecords(expand_urls(path), transform, _int_label, part)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    if classes is None:
-        return loader
-    check_classes(path, classes, len(dataset.classes) if isinstance(dataset, _Folder) else None)
-    return _checked_labels(loader, classes, path)
-
-
-def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0,
-                      protocol: str = "clipa"):
-    """Batches of (uint8 images, token ids) from captioned shards (caption = `txt`)."""
-    from clipav2.data import EvalTransform, expand_urls
-
-    def caption(record):
-        raw = record.get("txt")
-        return raw.decode("utf-8", "replace") if raw is not None else None
-
-    dataset = _ShardRecords(expand_urls(path), EvalTransform(image_size, kind, protocol=protocol), caption)
-
+def _loader(dataset, batch_size, workers, targets):
     def collate(items):
-        images, captions = zip(*items)
-        return torch.stack(images), tokenize(list(captions))
+        good = [(image, target) for image, target in items if image is not None and target is not None]
+        if not good:
+            return None, None, len(items)
+        images, found = zip(*good)
+        return torch.stack(images), targets(list(found)), len(items) - len(good)
 
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
 
 
-def _collate(items):
-    images, labels = zip(*items)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,
+                           protocol: str = "clipa", classes: int | None = None, fast_decode: bool = True,
+                           part=(0, 1)) -> Batches:
+    """(uint8 images, int64 labels) batches of labelled shards or an ImageFolder; with `classes`,
+    a set whose classes do not fit that many names is a ClassMismatch; `part` (rank, world): this
+    rank's share of the set."""
+    from clipav2.data import EvalTransform, expand_urls
+
+    transform = EvalTransform(image_size, kind, fast_decode, protocol)
+    if Path(path).is_dir() and not list(Path(path).glob("*.tar")):
+        dataset = _Folder(path, transform, part)
+    else:
+        dataset = _ShardRecords(expand_urls(str(path)), transform, _int_label, part)
+    if classes is not None:
+        check_classes(str(path), classes, len(dataset.classes) if isinstance(dataset, _Folder) else None)
+    labels = lambda found: torch.tensor(found, dtype=torch.long)  # noqa: E731
+    return Batches(_loader(dataset, batch_size, workers, labels), str(path), classes)
+
+
+def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0,
+                      protocol: str = "clipa", fast_decode: bool = True) -> Batches:
+    """(uint8 images, token ids) batches of captioned shards (caption = `txt`)."""
+    from clipav2.data import EvalTransform, expand_urls
+
+    dataset = _ShardRecords(expand_urls(str(path)), EvalTransform(image_size, kind, fast_decode, protocol), _caption)
+    return Batches(_loader(dataset, batch_size, workers, tokenize), str(path))

@@ -1,20 +1,39 @@
 """Attention backends behind one signature, selected by `ClipArch.attention`.
 
-Every backend takes q, k, v of shape (B, T, heads, head_dim) and returns the same shape, with no
-mask (CLIPA masks nothing: the text tower is bidirectional and padding is attended to).
-flash-attn and xformers are optional (`pip install 'clipav2[gpu]'`) and imported only when chosen.
+Every backend takes q, k, v of shape (B, T, heads, head_dim) (the fused projection's own layout,
+no copy) and returns the same shape, with no mask (CLIPA masks nothing: the text tower is
+bidirectional and padding is attended to). SDPA gets (B, heads, T, head_dim) views with a
+contiguous last dimension, which its flash, cuDNN and memory-efficient kernels take as they are;
+flash-attn and xformers take (B, T, heads, head_dim) directly.
+
+- `sdpa`: torch picks the kernel per call (on CUDA in bf16: flash, else cuDNN or memory-efficient).
+- `sdpa_flash` / `sdpa_cudnn`: SDPA restricted to that kernel (an error where it cannot run).
+- `flash_attn`, `xformers`: the optional packages (`pip install 'clipav2[gpu]'`), imported only
+  when chosen.
+The kernel that really ran is reported by `clipav2.models.kernels.attention_kernels`.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("sdpa", "flash_attn", "xformers")
+BACKENDS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")
 
 
 def _sdpa(q, k, v):
-    # torch picks its kernel; on CUDA with bf16/fp16 that is FlashAttention-2.
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def _sdpa_only(kernel):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[kernel]
+
+    def attend(q, k, v):
+        with sdpa_kernel(backend):
+            return _sdpa(q, k, v)
+
+    return attend
 
 
 def _missing(name: str, package: str) -> ImportError:
@@ -52,6 +71,8 @@ def get_attention(name: str):
     """The attention function for a backend name; missing optional packages fail here, at build time."""
     if name == "sdpa":
         return _sdpa
+    if name in ("sdpa_flash", "sdpa_cudnn"):
+        return _sdpa_only(name.removeprefix("sdpa_"))
     if name == "flash_attn":
         return _flash_attn()
     if name == "xformers":

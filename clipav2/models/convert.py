@@ -219,7 +219,14 @@ def _save(tensors: dict, path, metadata: dict) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path + ".tmp"
     save_file(tensors, tmp, metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; others on a shared filesystem read it
     os.replace(tmp, path)  # never leave a half-written file under the final name
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: CLIP, path, **meta) -> None:

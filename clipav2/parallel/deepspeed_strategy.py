@@ -22,6 +22,7 @@ import math
 import torch
 
 from clipav2 import compat
+from clipav2.config import micro_batch_of
 from clipav2.parallel.base import Strategy
 from clipav2.optim import build_optimizer
 
@@ -37,7 +38,7 @@ def merge(ours: dict, theirs: dict) -> dict:
 
 
 def deepspeed_config(cfg, stage, world_size: int, n_micro: int, precision: str) -> dict:
-    micro = stage.micro_batch or cfg.parallel.micro_batch
+    micro = micro_batch_of(cfg, stage, world_size)
     ours = {
         "train_batch_size": stage.global_batch,
         "train_micro_batch_size_per_gpu": micro,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipav2.config import load_config
+from clipav2.config import load_config, micro_batch_of
 from clipav2.models.arch import get_arch
 from clipav2.perf import inputs
 from clipav2.cost.mfu import peak_tflops
@@ -54,7 +54,7 @@ def load_bench_config(path, overrides, stage_name, flags, micro, opts: BenchOpti
     base = list(overrides) + flag_overrides(flags)
     cfg = load_config(path, base)
     stage = cfg.stage(stage_name) if stage_name else cfg.stages[0]
-    micro = micro or stage.micro_batch or cfg.parallel.micro_batch
+    micro = micro or micro_batch_of(cfg, stage, world_size)
     cfg = load_config(path, base + batch_overrides(stage.name, micro, opts, world_size), world_size=world_size,
                       check_data=opts.data)
     return cfg, cfg.stage(stage.name)
@@ -64,7 +64,7 @@ def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Ro
     return Row(trainer=trainer, model=cfg.model.name, stage=stage.name, image_size=stage.image_size,
                kept_image_tokens=kept_image_tokens(cfg, stage), text_len=stage.text_len,
                device=device_name(world.device), world_size=world.world_size,
-               micro_batch=stage.micro_batch or cfg.parallel.micro_batch, grad_accum=opts.grad_accum,
+               micro_batch=micro_batch_of(cfg, stage, world.world_size), grad_accum=opts.grad_accum,
                steps=opts.steps, warmup=opts.warmup,
                flags={**flags, "torch": torch.__version__, "python": platform.python_version(),
                       "inputs": "loader" if opts.data else "synthetic uint8 on device"},
@@ -73,7 +73,7 @@ def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Ro
 
 
 def _batches(cfg, stage, world, opts: BenchOptions):
-    micro = stage.micro_batch or cfg.parallel.micro_batch
+    micro = micro_batch_of(cfg, stage, world.world_size)
     if not opts.data:
         vocab = get_arch(cfg.model.name).text.vocab_size
         return inputs.synthetic_batches(micro, stage.image_size, stage.text_len, vocab, opts.grad_accum,
@@ -134,7 +134,7 @@ def run_bench(path, overrides, cfg, stage, flags, opts: BenchOptions, auto_batch
 
     world = init_distributed(cfg)
     if auto_batch:
-        start = stage.micro_batch or cfg.parallel.micro_batch
+        start = micro_batch_of(cfg, stage, world.world_size)
         micro = search_micro_batch(path, overrides, stage.name, flags, opts, world, min(start, opts.search_max))
         cfg, stage = load_bench_config(path, overrides, stage.name, flags, micro, opts, world.world_size)
     rows = [bench_ours(cfg, stage, world, opts)]

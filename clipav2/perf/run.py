@@ -8,7 +8,7 @@ import gc
 
 import torch
 
-from clipav2.perf.kernels import attention_kernels, describe
+from clipav2.models.kernels import attention_kernels, describe
 from clipav2.perf.measure import peak_memory_bytes, reset_peak_memory, time_steps
 from clipav2.perf.result import Row
 

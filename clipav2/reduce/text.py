@@ -1,6 +1,7 @@
 """Text token-length reduction: keep `k` of a caption's word pieces, in their original order.
-Pure functions over piece lists, selected by name (`REDUCTIONS[stage.text_reduction]`); captions
-that already fit are returned whole.
+The registry `REDUCTIONS` (name -> `TextReduction`: the selection, a pure function over piece
+lists, and what it needs per caption) is the one list the config, the text transform, preview and
+bench read; captions that already fit are returned whole, so every strategy keeps min(n, k).
 
     truncate  the first k pieces (open_clip's default)
     random    a random subset of k pieces
@@ -15,7 +16,8 @@ that already fit are returned whole.
 `words[i]` is the index of the word piece i belongs to (0, 0, 1, 2, 2, ...).
 """
 import random as _random
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 
 def truncate(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, priorities=None) -> list:
@@ -60,5 +62,29 @@ def syntax_pieces(pieces: Sequence, k: int, rng: Optional[_random.Random] = None
     return [pieces[i] for i in kept]
 
 
-REDUCTIONS = {"truncate": truncate, "random": random, "block": block, "syntax": syntax, "syntax_pieces": syntax_pieces}
-RANDOMIZED = ("random", "block")
+@dataclass(frozen=True)
+class TextReduction:
+    select: Callable
+    priorities: str = ""  # "" | "table": one per vocabulary entry | "context": each word tagged in its sentence
+    words: bool = False  # ranks whole words: needs each piece's word index
+    randomized: bool = False  # draws from the per-sample generator
+
+    @staticmethod
+    def kept_count(n_pieces: int, k: int) -> int:
+        return min(n_pieces, k)
+
+
+REDUCTIONS = {
+    "truncate": TextReduction(truncate),
+    "random": TextReduction(random, randomized=True),
+    "block": TextReduction(block, randomized=True),
+    "syntax": TextReduction(syntax, priorities="table", words=True),
+    "syntax_pieces": TextReduction(syntax_pieces, priorities="table"),
+    "syntax_context": TextReduction(syntax_pieces, priorities="context"),  # open_clip's tagging
+}
+
+
+def get(name: str) -> TextReduction:
+    if name not in REDUCTIONS:
+        raise ValueError(f"text_reduction: {name!r} is not one of {', '.join(REDUCTIONS)}")
+    return REDUCTIONS[name]

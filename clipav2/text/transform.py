@@ -15,8 +15,7 @@ import random
 
 import torch
 
-from clipav2.config import TEXT_REDUCTIONS
-from clipav2.reduce.text import RANDOMIZED, REDUCTIONS
+from clipav2.reduce import text as reduce_text
 from clipav2.text import syntax
 from clipav2.text.bpe import BpeTextTransform, bpe_tokenize
 from clipav2.text.tokenizer import Tokenizer, as_text
@@ -33,8 +32,7 @@ class TextTransform:
     the syntax table as 30 kB of bytes."""
 
     def __init__(self, tokenizer: Tokenizer, text_len: int, reduction: str, stage: str = "", seed: int = 0):
-        if reduction not in TEXT_REDUCTIONS:
-            raise ValueError(f"text_reduction: {reduction!r} is not one of {', '.join(TEXT_REDUCTIONS)}")
+        self.how = reduce_text.get(reduction)
         self.tokenizer = tokenizer
         self.text_len = text_len
         self.keep = tokenizer.budget(text_len)  # also validates text_len
@@ -42,32 +40,31 @@ class TextTransform:
         self.stage = stage
         self.seed = seed
         self.table = None
-        if reduction in ("syntax", "syntax_pieces"):
+        if self.how.priorities == "table":
             self.table = syntax.vocab_priorities(tokenizer.entries, tokenizer.vocab_hash, tokenizer.vocab_path)
-        elif reduction == "syntax_context":
+        elif self.how.priorities == "context":
             syntax.ensure_tagger()  # fail here, in the main process, not in a worker
-        self._select = REDUCTIONS["syntax_pieces" if reduction == "syntax_context" else reduction]
 
     def kept(self, caption, sample_key: str) -> list[int]:
         """The kept word-piece ids, in order (no [CLS], no padding)."""
-        if self.reduction == "syntax":
-            ids, words = self.tokenizer.words(caption, only_over=self.keep)
-            if words is None or not ids or words[-1] < self.keep:  # at most L-1 words: truncation, as upstream
-                return ids[: self.keep]
-            return self._select(ids, self.keep, priorities=[self.table[i] for i in ids], words=words)
-        if self.reduction == "syntax_context":
+        how, words = self.how, None
+        if how.priorities == "context":
             encoding, text = self.tokenizer.encoding(caption)
             ids = encoding.ids
-            if len(ids) <= self.keep:
-                return ids
-            return self._select(ids, self.keep, priorities=syntax.context_priorities(text, encoding.offsets))
-        ids = self.tokenizer.encode(caption)
+        elif how.words:
+            ids, words = self.tokenizer.words(caption, only_over=self.keep)
+        else:
+            ids = self.tokenizer.encode(caption)
         if len(ids) <= self.keep:
             return ids
-        if self.table is not None:
-            return self._select(ids, self.keep, priorities=[self.table[i] for i in ids])
-        rng = random.Random(sample_seed(self.seed, self.stage, sample_key)) if self.reduction in RANDOMIZED else None
-        return self._select(ids, self.keep, rng=rng)
+        extra = {"words": words} if how.words else {}
+        if how.priorities == "table":
+            extra["priorities"] = [self.table[i] for i in ids]
+        elif how.priorities == "context":
+            extra["priorities"] = syntax.context_priorities(text, encoding.offsets)
+        if how.randomized:
+            extra["rng"] = random.Random(sample_seed(self.seed, self.stage, sample_key))
+        return how.select(ids, self.keep, **extra)
 
     def __call__(self, caption, sample_key: str = "") -> torch.Tensor:
         return self.tokenizer.pack(self.kept(caption, sample_key), self.text_len)

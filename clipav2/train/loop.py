@@ -126,6 +126,8 @@ class Trainer:
     # ------------------------------------------------------------------ one stage
     def run_stage(self, index: int) -> int:
         from clipav2.data import build_train_loader
+        from clipav2.data.loader import host_memory_note
+        from clipav2.parallel import micro_batch
         from clipav2.eval.periodic import PeriodicEval
         from clipav2.cost.plan import kept_image_tokens
         from clipav2.models.arch import get_arch
@@ -141,6 +143,10 @@ class Trainer:
         model = build_stage_model(cfg, index, self.run_dir)
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
+        if micro_batch.wanted(cfg, stage):  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
+            fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
+            stage.micro_batch = fit["micro_batch"]
+            _say(world, micro_batch.explain(stage.name, fit))
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
@@ -154,6 +160,7 @@ class Trainer:
             return exitcodes.BUDGET
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
+        _say(world, host_memory_note(loader, stage))
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
@@ -179,13 +186,17 @@ class Trainer:
         self.metrics.start_stage(stage.name, stage.steps, step, index, periodic.offset)
         batches = iter(loader)
         window = _Window()
+        first_step = step
         while step < stage.steps:
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n_micro)]
             t_step = time.perf_counter()
             if audit is not None:
                 audit.write(stage.name, step, micro)
-            result = runner.run(micro, step)  # device tensors: no host sync here
+            if step == first_step:  # the stage's first step: say which kernel ran
+                result = self._first_step(runner, micro, step)
+            else:
+                result = runner.run(micro, step)  # device tensors: no host sync here
             t_done = time.perf_counter()
             step += 1
             self._charge(stage.name, "data_wait", t_step - t_wait)
@@ -225,6 +236,21 @@ class Trainer:
             self.ledger.write(self.run_dir)
         self.t_start = time.perf_counter()
         return exitcodes.OK
+
+    def _first_step(self, runner, micro, step):
+        """A step under the profiler, to print the attention kernel SDPA really chose."""
+        from clipav2.models.kernels import attention_kernels, describe
+
+        with attention_kernels() as ran:
+            result = runner.run(micro, step)
+        _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
+            import torch
+
+            from clipav2.parallel.micro_batch import record_trial
+
+            record_trial(self.run_dir, runner.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
+        return result
 
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"

@@ -1,0 +1,51 @@
+"""`parallel.micro_batch: auto` on the CPU: the memory model's arithmetic against a hand count,
+the largest divisor of the per-rank batch that fits, the record in RUN_DIR reused, and the
+explanation of what accumulation costs."""
+import json
+
+from clipav2.config import grad_accum_steps, load_config
+from clipav2.models.arch import get_arch
+from clipav2.models.flops import count_params
+from clipav2.parallel import micro_batch as mb
+from clipav2.parallel.env import World
+
+
+def _cfg(*extra):
+    return load_config(None, ["model.name=tiny", "parallel.micro_batch=auto", "stages=[{name: s}]", "stages.s.samples=96",
+                              "stages.s.global_batch=48", "stages.s.image_size=32", "stages.s.text_len=16", *extra])
+
+
+def test_the_memory_model_by_hand():
+    cfg = _cfg("model.checkpointing=every_2")
+    a = get_arch("tiny")  # 2 + 2 blocks of width 32; 16 patches + the class token; 16 text tokens
+    per_sample = (2 + 34) * 17 * a.vision.width + (2 + 34) * 16 * a.text.width  # one of two blocks checkpointed
+    assert mb.activation_bytes_per_sample(cfg, cfg.stages[0], "bf16_autocast") == per_sample
+    assert mb.activation_bytes_per_sample(cfg, cfg.stages[0], "fp32") == 2 * per_sample
+    n = count_params(a)["total"]
+    assert mb.fixed_bytes(cfg, 2) == 16 * n
+    assert mb.fixed_bytes(_cfg("parallel.strategy=fsdp"), 2) == 8 * n
+
+
+def test_the_largest_divisor_that_fits_and_why():
+    cfg = _cfg()
+    stage = cfg.stages[0]
+    per_sample = mb.activation_bytes_per_sample(cfg, stage, "fp32")
+    device = (mb.fixed_bytes(cfg, 2) + 10 * per_sample) / (1 - mb.RESERVE)  # room for 10 samples
+    fit = mb.choose(cfg, stage, 2, device, "fp32")
+    assert (fit["per_rank_batch"], fit["micro_batch"], fit["micro_steps"]) == (24, 8, 3)  # 8 divides 24; 10, 9 do not
+    assert "3 micro-steps of accumulation" in mb.explain("s", fit) and "no-grad forward" in mb.explain("s", fit)
+    roomy = mb.choose(cfg, stage, 2, 2**40, "fp32")
+    assert roomy["micro_batch"] == 24 and "no gradient accumulation" in mb.explain("s", roomy)
+
+
+def test_found_once_and_recorded(tmp_path):
+    cfg = _cfg()
+    stage = cfg.stages[0]
+    assert grad_accum_steps(cfg, stage, 1) == 1  # auto before fitting: the whole per-rank batch
+    fit = mb.fit_micro_batch(cfg, stage, World(), tmp_path)
+    assert fit["micro_batch"] == 48  # the CPU: the per-rank batch
+    record = json.loads((tmp_path / mb.RECORD).read_text())
+    (key,) = record
+    record[key]["micro_batch"] = 16  # a recorded fit is reused, not searched again
+    (tmp_path / mb.RECORD).write_text(json.dumps(record))
+    assert mb.fit_micro_batch(cfg, stage, World(), tmp_path)["micro_batch"] == 16
