@@ -43,7 +43,7 @@ def syntax(pieces: Sequence, k: int, rng: Optional[_random.Random] = None, prior
         raise ValueError(f"words, priorities: {len(words)}, {len(priorities)} values for {len(pieces)} pieces")
     if not pieces or words[-1] < k:  # at most k words: plain truncation of the pieces
         return list(pieces[:k])
-    starts = [i for i in range(len(pieces)) if i == 0 or words[i] != words[i - 1]]
+    starts = [0] + [i for i, (a, b) in enumerate(zip(words, words[1:]), 1) if a != b]
     kept = sorted(sorted(range(len(starts)), key=lambda w: priorities[starts[w]])[:k])  # stable: ties keep caption order
     ends = starts[1:] + [len(pieces)]
     out = []

@@ -55,8 +55,8 @@ class TextTransform:
             ids, words = self.tokenizer.words(caption, only_over=self.keep)
         else:
             ids = self.tokenizer.encode(caption)
-        if len(ids) <= self.keep:
-            return ids
+        if len(ids) <= self.keep or (how.words and words[-1] < self.keep):  # fits, or at most keep words
+            return ids[: self.keep]
         extra = {"words": words} if how.words else {}
         if how.priorities == "table":
             extra["priorities"] = [self.table[i] for i in ids]
