@@ -13,3 +13,4 @@ NO_SPACE = 74  # EX_IOERR
 PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
 BUDGET = 76
 DIVERGED = 77
+INTERRUPTED = 130  # Ctrl-C: checkpoint written (a second Ctrl-C aborts without one)

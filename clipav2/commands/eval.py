@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clipav2 import exitcodes
 from clipav2.config import ConfigError, load_config
+from clipav2.models.weights_file import WeightsFileError
 
 
 def add_arguments(parser) -> None:
@@ -75,7 +76,7 @@ def main(args) -> int:
                 except (FileNotFoundError, ValueError) as e:
                     raise ConfigError(f"{key}: {e}") from None
         stage = _choose_stage(cfg, args, step_dir)
-    except ConfigError as e:
+    except (ConfigError, WeightsFileError) as e:
         print(f"clipav2 eval: {e}", file=sys.stderr)
         return exitcodes.CONFIG
 

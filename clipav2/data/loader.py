@@ -80,7 +80,8 @@ class TrainLoader:
                           stream_buffer(self.layout["shuffle_buffer"], streams), self.generation)
         dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
                                [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
-        extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch)} if self.workers else {}
+        extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch),
+                 "worker_init_fn": _ignore_ctrl_c} if self.workers else {}
         return DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory, **extra)
 
     def __iter__(self):
@@ -157,13 +158,16 @@ def host_memory_note(loader, stage) -> str:
     first = Path(loader.urls[0])
     record = None
     if first.is_file():
-        with tarfile.open(first) as tar:
-            keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-        record = first.stat().st_size / max(1, len(keys))
+        try:
+            with tarfile.open(first) as tar:
+                keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+            record = first.stat().st_size / max(1, len(keys))
+        except (tarfile.TarError, OSError):  # a bad shard is the stream's to skip and count, not a crash here
+            record = None
     batch = loader.batch_size * (3 * stage.image_size**2 + 8 * stage.text_len)
     in_flight = batch * max(1, loader.prefetch) * loader.n_local
     buffers = None if record is None else per_stream * loader.n_local * record
-    total = f"~{(buffers + in_flight) / 2**30:.2f} GiB" if buffers is not None else "unknown (remote shards)"
+    total = f"~{(buffers + in_flight) / 2**30:.2f} GiB" if buffers is not None else "unknown (remote or unreadable first shard)"
     return (f"data: shuffle buffer {loader.layout['shuffle_buffer']:,} over {loader.world_size} ranks x "
             f"{loader.n_local} workers = {per_stream:,} records per stream; expected host memory per rank "
             f"{total} (buffers of encoded records + {in_flight / 2**20:.0f} MiB of prefetched batches)")
@@ -171,3 +175,11 @@ def host_memory_note(loader, stage) -> str:
 
 def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:
     return TrainLoader(cfg, stage, world, text_transform, state)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Workers leave Ctrl-C (sent to the whole process group) to the training process, which
+    checkpoints first (clipav2.train.faults)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -34,6 +34,19 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
 
 
+class NoUsableData(RuntimeError):
+    """A stream read whole epochs without one usable record (e.g. its only shard is garbage)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    @staticmethod
+    def line(e: BaseException) -> str:
+        """The one-line reason, also when a DataLoader worker re-raised it with its traceback."""
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        return last.split("NoUsableData: ", 1)[-1]
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     urls: tuple
@@ -124,8 +137,9 @@ def sample_batches(spec: StreamSpec, stream: int, state: dict, batch_size: int, 
         elif skip_to == 0:  # a whole epoch read, not just the tail of a resumed one
             dry += 1
         if dry >= MAX_DRY_EPOCHS:
-            raise RuntimeError(
+            shown = ", ".join(spec.urls[:3]) + (f" and {len(spec.urls) - 3} more" if len(spec.urls) > 3 else "")
+            raise NoUsableData(
                 f"data stream {stream} of {spec.n_streams}: {dry} epochs in a row without one usable "
-                f"sample from {len(spec.urls)} shards (skipped so far: {dict(skipped)})"
+                f"sample from {len(spec.urls)} shards ({shown}; skipped so far: {dict(skipped)})"
             )
         epoch, skip_to = epoch + 1, 0

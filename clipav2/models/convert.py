@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from clipav2.models.arch import ClipArch, get_arch
 from clipav2.models.clip import CLIP
+from clipav2.models.weights_file import WeightsFileError, check_safetensors, refused_pickle
 
 # (ours, open_clip) name pairs: whole keys first, then prefixes ending in "."
 _TOP = [
@@ -90,19 +91,21 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if path.endswith(".safetensors"):
+            check_safetensors(path)
             sd = load_file(path)
         else:
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # pickles of arbitrary objects are refused here
-                raise ValueError(f"{path}: not a weights-only torch checkpoint ({e})") from e
+                raise refused_pickle(path, e) from None
     else:
         sd = source
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
-    if not isinstance(sd, dict):
-        raise ValueError(f"expected a state dict, got {type(sd).__name__}")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsFileError(f"{source if isinstance(source, (str, os.PathLike)) else 'weights'}: "
+                               f"expected a state dict of tensors, got {type(sd).__name__}")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -241,6 +244,7 @@ def save_open_clip(model: CLIP, path, **meta) -> None:
 
 def read_metadata(path) -> dict:
     """{"layout", "arch", "options", "meta"} of a file we wrote; {} for any other safetensors file."""
+    check_safetensors(path)
     with safe_open(os.fspath(path), framework="pt") as f:
         md = f.metadata() or {}
     if "clipav2.arch" not in md:

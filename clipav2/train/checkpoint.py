@@ -90,6 +90,13 @@ def _one_line_format(message, category, *args, **kwargs):
 warnings.formatwarning = _one_line_format
 
 
+def _warn(message: str) -> None:
+    """A CheckpointWarning that no filter for library noise silences (its text names DCP's modules)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CheckpointWarning)
+        warnings.warn(message, CheckpointWarning, stacklevel=3)
+
+
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -175,6 +182,7 @@ class CheckpointManager:
         self.every_steps, self.every_minutes, self.keep = every_steps, every_minutes, keep
         self.world = world
         self.fingerprint = None  # set by the loop: written with each checkpoint, checked on resume
+        self._reported = set()  # manifest-less directories already reported
         self._last_save = time.monotonic()
 
     @classmethod
@@ -203,8 +211,9 @@ class CheckpointManager:
         dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.suffix != ".tmp"
                 and p.name[len(PREFIX):].isdigit()]
         for p in dirs:
-            if not (p / MANIFEST).exists() and self._main:
-                warnings.warn(f"checkpoint {p} has no {MANIFEST} (an incomplete save); skipped", CheckpointWarning)
+            if not (p / MANIFEST).exists() and self._main and p not in self._reported:
+                self._reported.add(p)
+                _warn(f"checkpoint {p} has no {MANIFEST} (an incomplete save); skipped")
         dirs = [p for p in dirs if (p / MANIFEST).exists()]
         return sorted(dirs, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
@@ -291,5 +300,5 @@ class CheckpointManager:
                 problem = problem or "failed to load on another rank"
             fallback = candidates[i + 1].name if i + 1 < len(candidates) else "a fresh start"
             if self._main:
-                warnings.warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}", CheckpointWarning)
+                _warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}")
         return None

@@ -1,6 +1,8 @@
 """Fault handling the loop consults after every step.
 
-- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a process-wide flag. The handler is
+- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a process-wide flag; so does a first
+  Ctrl-C (SIGINT) under `clipav2 train` (exit INTERRUPTED after the checkpoint; a second one
+  aborts at once). The handler is
   installed once for the whole run (`install_signal_handlers()`, before the first stage) and the
   flag outlives any one FaultMonitor, so a signal that arrives between two stages is honoured at
   the next step of the next stage. After each step the ranks agree (any rank signalled -> all
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import torch
 
@@ -30,11 +33,19 @@ from clipav2 import exitcodes
 from clipav2.parallel.env import any_rank
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RUN_SIGNALS = PREEMPT_SIGNALS + (signal.SIGINT,)  # what `clipav2 train` routes: Ctrl-C checkpoints too
 _received: str | None = None  # the first preemption signal this process got and has not acted on
+_interrupts = 0  # Ctrl-Cs so far: the second aborts at once
 
 
 def _on_signal(signum, frame) -> None:
-    global _received
+    global _received, _interrupts
+    if signum == signal.SIGINT:
+        _interrupts += 1
+        if _interrupts > 1:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort now, without a checkpoint
+        print("SIGINT: finishing this step, writing a checkpoint, then stopping (Ctrl-C again aborts at once)",
+              file=sys.stderr, flush=True)
     _received = _received or signal.Signals(signum).name
 
 
@@ -102,6 +113,9 @@ class FaultMonitor:
         if preempted:
             who = _received or "a signal on another rank"
             clear_signal()  # acted on: the process checkpoints and exits
+            if who == "SIGINT":
+                self.message = f"interrupted by SIGINT (Ctrl-C) after step {step}; checkpoint written, exit {exitcodes.INTERRUPTED}"
+                return exitcodes.INTERRUPTED
             self.message = f"preempted by {who} after step {step}; checkpoint written, exit {exitcodes.PREEMPTED} (requeue)"
             return exitcodes.PREEMPTED
         return None

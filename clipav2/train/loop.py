@@ -378,15 +378,17 @@ class _Window:
 def train(cfg, only_stage=None, fresh: bool = False) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
-    from clipav2.train.faults import install_signal_handlers
+    from clipav2.train.faults import RUN_SIGNALS, install_signal_handlers
     from clipav2.train import rundir
+    from clipav2.data.stream import NoUsableData
+    from clipav2.models.weights_file import WeightsFileError
     from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
     quiet_library_warnings()
-    install_signal_handlers()  # once per run: a signal between stages is honoured in the next
+    install_signal_handlers(RUN_SIGNALS)  # once per run: a signal between stages is honoured in the next
     lock = None
     try:
         try:
@@ -401,13 +403,13 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
         return Trainer(cfg, world).run(only_stage)
-    except (IncompatibleCheckpoint, NoSpace) as e:
-        if world.is_main:
-            print(f"clipav2 train: {e}", file=sys.stderr)
+    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData) as e:
+        if world.is_main or isinstance(e, NoUsableData):  # each rank reads its own shards
+            print(f"clipav2 train: {NoUsableData.line(e)}", file=sys.stderr)
         return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("interrupted: aborted at once, no checkpoint written for the step in progress", file=sys.stderr)
+        return exitcodes.INTERRUPTED
     finally:
         if lock is not None:
             lock.release()
