@@ -80,13 +80,13 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
         return states
 
     def _update(self, group, params, found_inf) -> None:
-        """One group's update as ~25 foreach ops, however many tensors it has. A skipped step
-        (`found_inf`) must leave everything bit-identical though the gradient may be NaN, without
-        a host read and with no foreach `where`: the gradient is made finite and zero when
-        skipping (g ** keep * keep), the second moment and the parameters are updated in place
-        with factors that are exactly 1 and 0 then, and the first moment is committed as
-        new * keep + old * (1 - keep), exact for finite values. The group's parameters share one step count (they step together)."""
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        """One group's update as torch's fused AdamW kernel (one pass over each tensor, CPU and
+        CUDA alike) on an fp32 copy of the first moment, which is then rounded back into the
+        stored bf16 moment: three passes in all, a few kernels per chunk however many tensors it
+        has. The fp32 copy is made for at most `_FP32_MOMENT_CHUNK` elements at a time, so the
+        transient memory stays bounded. The fused kernel skips on `found_inf` on the device
+        (the copy then holds the old moment exactly), and the step counts are rolled back with
+        it, as torch's fused AdamW does."""
         states = self._state(params)
         if any(p.dtype != torch.float32 for p in params):
             raise TypeError("AdamWLowPrecisionMomentum updates fp32 (master) parameters only")
@@ -95,34 +95,33 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
         exp_avg = [_local(s["exp_avg"]) for s in states]
         exp_avg_sq = [_local(s["exp_avg_sq"]) for s in states]
         steps = [s["step"] for s in states]
-        keep = None if found_inf is None else (found_inf.to(params[0].device).reshape(()) == 0).float()
-        beta2, decay = b2, 1 - lr * wd
-        if keep is None:
-            torch._foreach_add_(steps, 1)
-        else:
-            torch._foreach_add_(steps, keep)
-            grad = torch._foreach_pow(grad, [keep] * len(grad))  # NaN ** 0 == 1: finite either way
-            torch._foreach_mul_(grad, keep)  # then 0 when skipping: the moments below stay as they are
-            beta2 = keep * b2 + (1 - keep)  # exactly the float b2 (and 1 - lr * wd) when applied
-            decay = keep * (1 - lr * wd) + (1 - keep)
-        t = steps[0].double().clamp_min(1)  # bias corrections in float64, as torch's python floats
-        step_size = (lr / (1 - b1**t)).float()
-        bias2 = (1 - b2**t).sqrt().float()
-        m = torch._foreach_add(exp_avg, torch._foreach_sub(grad, exp_avg), alpha=1 - b1)  # fp32 lerp
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grad, grad, value=1 - b2)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, bias2)
-        torch._foreach_add_(denom, eps)
-        update = torch._foreach_div(m, denom)
-        if keep is not None:  # a skipped step: step size 0, decay 1, and the old first moment
-            step_size = step_size * keep
-            torch._foreach_mul_(m, keep)
-            torch._foreach_add_(m, torch._foreach_mul(exp_avg, 1 - keep))
-        torch._foreach_mul_(update, step_size)
-        torch._foreach_mul_(param, decay)
-        torch._foreach_sub_(param, update)
-        torch._foreach_copy_(exp_avg, m)
+        skip = None if found_inf is None else found_inf.to(param[0].device).reshape(()).float()
+        torch._foreach_add_(steps, 1)
+        (b1, b2), hyper = group["betas"], dict(lr=group["lr"], eps=group["eps"], weight_decay=group["weight_decay"])
+        for part in _chunks(param, _FP32_MOMENT_CHUNK):
+            moment = [torch.empty_like(exp_avg[i], dtype=torch.float32) for i in part]
+            torch._foreach_copy_(moment, [exp_avg[i] for i in part])
+            torch._fused_adamw_([param[i] for i in part], [grad[i] for i in part], moment, [exp_avg_sq[i] for i in part],
+                                [], [steps[i] for i in part], amsgrad=False, beta1=b1, beta2=b2, maximize=False,
+                                grad_scale=None, found_inf=skip, **hyper)
+            torch._foreach_copy_([exp_avg[i] for i in part], moment)  # round to nearest even, as optax's cast
+        if skip is not None:
+            torch._foreach_sub_(steps, [skip] * len(steps))
+
+
+_FP32_MOMENT_CHUNK = 1 << 26  # elements (256 MB as fp32): the transient fp32 first moment
+
+
+def _chunks(tensors: list[torch.Tensor], limit: int) -> list[range]:
+    """Consecutive index ranges of `tensors`, each of at most `limit` elements (or one tensor)."""
+    parts, start, size = [], 0, 0
+    for i, t in enumerate(tensors):
+        if size and size + t.numel() > limit:
+            parts.append(range(start, i))
+            start, size = i, 0
+        size += t.numel()
+    parts.append(range(start, len(tensors)))
+    return parts
 
 
 def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:
