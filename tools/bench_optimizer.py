@@ -70,7 +70,7 @@ def dispatch_table():
     loop = per_tensor_loop_ops()
     print("optimizer step: dispatched ops (skip = with the device-side skip flag, as training runs; the meta")
     print("device cannot run the flag's 0-d tensor operands, and the count depends on the parameter groups only)")
-    print(f"{'model':<16} {'tensors':>7} {'fused AdamW':>11} {"bf16 fused":>12} {'+ skip':>7} {'old bf16 loop + skip':>21}")
+    print(f"{'model':<16} {'tensors':>7} {'fused AdamW':>11} {'bf16 fused':>12} {'+ skip':>7} {'old bf16 loop + skip':>21}")
     for name, device in (("demo", "cpu"), ("ViT-H-14-CLIPA", "meta")):
         with torch.device(device):
             model = create_model(name)
