@@ -82,9 +82,10 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
     def _update(self, group, params, found_inf) -> None:
         """One group's update as ~25 foreach ops, however many tensors it has. A skipped step
         (`found_inf`) must leave everything bit-identical though the gradient may be NaN, without
-        a host read and with no foreach `where`: the gradient is first made finite (g ** keep is
-        g, or 1 when skipping), then each result is committed as new * keep + old * skip, exact
-        for finite values. The group's parameters share one step count (they step together)."""
+        a host read and with no foreach `where`: the gradient is made finite and zero when
+        skipping (g ** keep * keep), the second moment and the parameters are updated in place
+        with factors that are exactly 1 and 0 then, and the first moment is committed as
+        new * keep + old * (1 - keep), exact for finite values. The group's parameters share one step count (they step together)."""
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         states = self._state(params)
         if any(p.dtype != torch.float32 for p in params):
@@ -95,34 +96,33 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
         exp_avg_sq = [_local(s["exp_avg_sq"]) for s in states]
         steps = [s["step"] for s in states]
         keep = None if found_inf is None else (found_inf.to(params[0].device).reshape(()) == 0).float()
+        beta2, decay = b2, 1 - lr * wd
         if keep is None:
             torch._foreach_add_(steps, 1)
         else:
             torch._foreach_add_(steps, keep)
             grad = torch._foreach_pow(grad, [keep] * len(grad))  # NaN ** 0 == 1: finite either way
+            torch._foreach_mul_(grad, keep)  # then 0 when skipping: the moments below stay as they are
+            beta2 = keep * b2 + (1 - keep)  # exactly the float b2 (and 1 - lr * wd) when applied
+            decay = keep * (1 - lr * wd) + (1 - keep)
         t = steps[0].double().clamp_min(1)  # bias corrections in float64, as torch's python floats
         step_size = (lr / (1 - b1**t)).float()
         bias2 = (1 - b2**t).sqrt().float()
         m = torch._foreach_add(exp_avg, torch._foreach_sub(grad, exp_avg), alpha=1 - b1)  # fp32 lerp
-        v = torch._foreach_mul(exp_avg_sq, b2)
-        torch._foreach_addcmul_(v, grad, grad, value=1 - b2)
-        denom = torch._foreach_sqrt(v)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grad, grad, value=1 - b2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_div_(denom, bias2)
         torch._foreach_add_(denom, eps)
         update = torch._foreach_div(m, denom)
-        decay = 1 - lr * wd
-        if keep is not None:  # a skipped step: decay 1 and step size 0 leave the parameters as they are
-            decay = keep * (1 - lr * wd) + (1 - keep)  # exactly the float 1 - lr * wd when applied
+        if keep is not None:  # a skipped step: step size 0, decay 1, and the old first moment
             step_size = step_size * keep
-            for new, old in ((m, exp_avg), (v, exp_avg_sq)):
-                torch._foreach_mul_(new, keep)
-                torch._foreach_add_(new, torch._foreach_mul(old, 1 - keep))
+            torch._foreach_mul_(m, keep)
+            torch._foreach_add_(m, torch._foreach_mul(exp_avg, 1 - keep))
         torch._foreach_mul_(update, step_size)
-        new = torch._foreach_mul(param, decay)
-        torch._foreach_sub_(new, update)
+        torch._foreach_mul_(param, decay)
+        torch._foreach_sub_(param, update)
         torch._foreach_copy_(exp_avg, m)
-        torch._foreach_copy_(exp_avg_sq, v)
-        torch._foreach_copy_(param, new)
 
 
 def skip_step_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:

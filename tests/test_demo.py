@@ -1,7 +1,8 @@
 """The demo recipe, shortened (fewer samples per stage, a smaller generated set), on two seeds run
-at once as two single-thread `clipav2 train` processes: zero-shot accuracy after fine-tuning is
-clearly above chance on both. The full demo (docs/recipes_demo.md) clears the same margin
-comfortably. Also: `clipav2 eval` on the stage file reproduces the figure the run wrote to eval.jsonl."""
+at once as two single-thread `clipav2 train` processes: after pre-training, top-1 is above what a
+model that knew only colour would get (so it learnt shape), and after the (very short) fine-tune
+top-5 is still clearly above chance; the periodic evaluation is recorded with its cost. Also:
+`clipav2 eval` on the stage file reproduces the figure the run wrote to eval.jsonl."""
 import argparse
 import json
 import os
@@ -17,8 +18,10 @@ from test_train_support import small_demo
 DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
 SEEDS = (0, 1)
 CHANCE_TOP5 = 5 / 36
-# Top-5 after fine-tuning must reach MARGIN x chance (20.8%). Measured: seed 0 30.3% (2.2x), seed 1
-# 55.8% (4.0x); seed 2 35.8% with a 3,072-sample fine-tune; full demo 81.5% (5.9x).
+COLOUR_ONLY_TOP1 = 1 / 6  # the right colour, a guess among the 6 shapes
+# Measured (top-1 / top-5): seed 0 pretrain 29.2% / 92.5%, finetune 12.5% / 45.6%; seed 1 pretrain
+# 28.3% / 89.7%, finetune 23.6% / 81.9% (16 fine-tune steps are too few to adapt to 64 px; the
+# full demo's 128 are enough, docs/recipes_demo.md). Top-5 after fine-tuning must reach MARGIN x chance.
 MARGIN = 1.5
 
 
@@ -47,10 +50,15 @@ def runs(tmp_path_factory):
 def test_shortened_demo_beats_chance(runs, seed):
     run, _, code, out = runs[seed]
     assert code == exitcodes.OK, out[-3000:]
-    evals = {e["stage"]: e for e in map(json.loads, (run / "eval.jsonl").read_text().splitlines())}
+    records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    evals = {e["stage"]: e for e in records if e["when"] == "stage_end"}
     final = evals["finetune"]
     assert final["classes"] == 36 and final["n"] == 360
+    assert evals["pretrain"]["top1"] > COLOUR_ONLY_TOP1, evals["pretrain"]
     assert final["top5"] >= MARGIN * CHANCE_TOP5, final
+    # the demo's periodic evaluation (every 8,192 samples), with what it had cost by then
+    periodic = [e for e in records if e["when"] == "periodic"]
+    assert [e["recipe_samples"] for e in periodic] == [8192] and 0 < periodic[0]["cost_usd"] < evals["pretrain"]["cost_usd"]
     assert "[pretrain] zero-shot top-1" in out and "[finetune] zero-shot top-1" in out and "cost:" in out
 
 
