@@ -4,7 +4,6 @@ exactly the weights the live engine gathered at that step; `clipav2 convert` and
 take them; nothing in them is unpickled beyond tensors."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from clipav2.config import load_config
 from clipav2.train.checkpoint import _checksums
 from clipav2.train.consolidate import find_step_dir, load_step_model
 
-from test_train_support import small_demo, tiny_recipe
+from test_train_support import free_port, small_demo, tiny_recipe
 
 DRIVER = Path(__file__).parent / "dist" / "driver.py"
 ENGINES = {"ddp": ["--strategy", "ddp"], "fsdp": ["--strategy", "fsdp"],
@@ -29,12 +28,6 @@ STAGE = ["stages=[{name: pretrain}]", "stages.pretrain.image_size=32", "stages.p
          "stages.pretrain.samples=32", "stages.pretrain.global_batch=16", "stages.pretrain.warmup_steps=1", "model.name=tiny"]
 
 
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
@@ -43,7 +36,7 @@ def runs(tmp_path_factory):
     jobs = []
     for name, flags in ENGINES.items():
         jobs += [*(["--then"] if jobs else []), *flags, *common, "--out", str(root / name)]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port(),
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                           str(DRIVER), *jobs], env=env, capture_output=True, text=True, timeout=1200)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one = subprocess.run([sys.executable, str(DRIVER), "--strategy", "single", *common, "--out", str(root / "single")],

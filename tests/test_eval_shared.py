@@ -5,22 +5,15 @@ counts exactly what one process counts on the whole set. Two layouts: more shard
 single shard (split record by record)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from test_train_support import ENV, small_demo, tiny_recipe
+from test_train_support import ENV, free_port, small_demo, tiny_recipe
 
 DRIVER = Path(__file__).parent / "dist" / "eval_shared.py"
-
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def test_shared_eval_counts_what_one_process_counts(tmp_path, sets, layout, batc
     recipe = tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"eval.batch_size": batch, "eval.every_samples": 16})
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=os.pathsep.join(sys.path),
                **{k: os.environ.get(k, v) for k, v in ENV.items()})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port(),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            str(DRIVER), str(recipe), str(tmp_path / "out"), "ddp", "fsdp", "deepspeed", "parallel.zero_stage=3",
            "parallel.micro_batch=8"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

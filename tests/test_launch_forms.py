@@ -2,7 +2,6 @@
 (DeepSpeed ZeRO-1, gloo): the same environment variables must give the same run, the resolved
 config and the trained weights alike."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_train_support import small_demo, tiny_recipe
+from test_train_support import free_port, small_demo, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +28,7 @@ def runs(tmp_path_factory):
     forms = {"bash": ["bash", "launch/h14.sh"], "deepspeed": [deepspeed, "--num_gpus", "2", "launch/h14.sh"]}
     out = {}
     for name, argv in forms.items():
-        port = _port()
+        port = free_port()
         if name == "deepspeed":
             argv = [*argv[:3], "--master_port", port, *argv[3:]]
         env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}

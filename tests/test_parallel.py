@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,17 +24,12 @@ import torch
 from safetensors.torch import load_file
 
 from clipav2 import exitcodes
+from test_train_support import free_port
 
 DRIVER = str(Path(__file__).parent / "dist" / "driver.py")
 EPS = ["--set", "stages.pretrain.eps=1e-3"]
 KILL_STEP = random.Random().randint(2, 7)  # 0-based step at which rank 0 SIGKILLs itself
 ENV = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def _run(args, mode):
@@ -48,7 +42,7 @@ def _run(args, mode):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
         p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
         return [p.returncode, p.returncode], p.stdout + p.stderr
-    port, procs = _port(), []
+    port, procs = free_port(), []
     for rank in range(2):
         env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
         env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_NODELIST="localhost", MASTER_PORT=port)

@@ -3,7 +3,6 @@
 metric key, the evaluation records, output free of library warnings. Fine-tuning uses 2 micro-steps per rank (accumulation)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from safetensors import safe_open
 
 from clipav2.train.metrics import METRIC_KEYS
-from test_train_support import ENV, small_demo, tiny_recipe
+from test_train_support import ENV, free_port, small_demo, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +19,9 @@ def data(tmp_path_factory):
     return small_demo(tmp_path_factory)
 
 
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def torchrun(recipe: Path, *overrides, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **{k: os.environ.get(k, v) for k, v in ENV.items()})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port(),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "clipav2", "train", str(recipe), *overrides]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 

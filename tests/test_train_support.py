@@ -1,6 +1,7 @@
 """Shared pieces of the training tests: a small demo data set (generated once per session) and a
 tiny two-stage recipe over it, shaped like configs/demo.yaml."""
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -9,6 +10,13 @@ ENV = {"NLTK_DATA": "/work/shared/assets/nltk_data", "CLIPAV2_VOCAB": "/work/sha
 for _k, _v in ENV.items():
     if Path(_v).exists():
         os.environ.setdefault(_k, _v)
+
+
+def free_port() -> str:
+    """A TCP port free now on this host, for a process group's rendezvous (--master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def small_demo(tmp_path_factory, n_train=768, n_eval=144) -> Path:

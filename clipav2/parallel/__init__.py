@@ -1,5 +1,6 @@
-"""Pluggable parallelism: `build_strategy(cfg, world)` returns the engine the loop
-drives through one small interface (see `clipav2.parallel.base.Strategy` and docs/engine.md).
+"""Pluggable parallelism: `build_strategy(cfg, world)` returns the engine whose primitives the
+training step (`clipav2.train.step`) drives; techniques are applied to the plain model by
+`clipav2.parallel.apply` (see `clipav2.parallel.base.Strategy` and docs/engine.md).
 
     world = init_distributed(cfg)
     strategy = build_strategy(cfg, world)     # validates everything first: no model is built yet
