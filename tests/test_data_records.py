@@ -3,7 +3,6 @@ through the one-pass scan and through the multi-worker training loader."""
 import io
 import os
 import tarfile
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from clipav2.data.scan import scan
 from clipav2.data.shards import ShardSink
 from clipav2.data.transforms import TrainTransform
 
-World = namedtuple("World", "rank world_size")
+from clipav2.parallel.env import World
 
 
 def encode(img, fmt="JPEG"):

@@ -2,7 +2,6 @@
 and what a changed world size still guarantees."""
 import io
 import json
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from clipav2.config import load_config
 from clipav2.data import build_train_loader
 from clipav2.data.shards import ShardSink
 
-World = namedtuple("World", "rank world_size")
+from clipav2.parallel.env import World
 N_SHARDS, PER_SHARD = 3, 20  # fewer shards than the 4 streams of 2 ranks x 2 workers: shards get sliced
 
 

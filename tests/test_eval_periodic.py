@@ -148,3 +148,20 @@ def test_wandb_offline(runs):
                      for e in _jsonl(run / "eval.jsonl")]
     losses = [(h["recipe_samples"], h["train/loss"]) for h in history if "train/loss" in h]
     assert losses == [(r["recipe_samples"], pytest.approx(r["loss"])) for r in _jsonl(run / "metrics.jsonl")]
+
+
+def test_schedule_by_samples_and_by_minutes(tmp_path, data):
+    import time
+
+    from clipav2.eval.periodic import PeriodicEval
+    from clipav2.parallel.env import World
+
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"eval.every_samples": 48}))
+    fine = PeriodicEval(cfg, 1, World())  # the recipe's samples: 64 before this stage, 16 a step
+    assert fine.offset == 64 and [s for s in range(1, 5) if fine.due(s, at_log_step=True)] == [2]  # 96; 144 is past the end
+    cfg = load_config(tiny_recipe(tmp_path / "m.yaml", data, tmp_path / "run", **{"eval.every_minutes": 0.001}))
+    timed = PeriodicEval(cfg, 0, World())
+    assert not timed.due(1, at_log_step=True)
+    time.sleep(0.07)
+    assert not timed.due(1, at_log_step=False) and timed.due(1, at_log_step=True)  # read at log steps only
+    assert not timed.due(4, at_log_step=True)  # the last step: the stage-end evaluation follows

@@ -85,3 +85,7 @@ def test_differences_address_stages_by_name():
     assert differences(old, new) == ["log.every_steps", "stages.a.samples", "stages.b.position", "stages.b.samples"]
     assert is_safe("log.every_steps") and is_safe("stages.a.micro_batch") and is_safe("data.train")
     assert not is_safe("stages.a.samples") and not is_safe("data.shuffle_buffer") and not is_safe("seed")
+    # a key the config gained after the run started: absent from its config.yaml, the default then
+    assert differences({"seed": 0, "stages": [{"name": "a"}]},
+                       {"seed": 0, "model": {"gelu": "tanh"}, "stages": [{"name": "a", "eps": 1e-8}]}) == []
+    assert differences({"seed": 0}, {"seed": 0, "model": {"gelu": "exact"}}) == ["model.gelu"]

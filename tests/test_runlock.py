@@ -22,7 +22,8 @@ def _quiet(msg):
 
 def _write_lock(run, host, pid, since=1_700_000_000.0):
     run.mkdir(parents=True, exist_ok=True)
-    (run / LOCK).write_text(json.dumps({"host": host, "pid": pid, "since": since, "token": "old"}))
+    pidns = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else None
+    (run / LOCK).write_text(json.dumps({"host": host, "pid": pid, "since": since, "token": "old", "pidns": pidns}))
 
 
 def test_a_live_holder_is_named_and_refused(tmp_path):
@@ -72,11 +73,12 @@ def test_another_hosts_beating_lock_is_refused(tmp_path):
         stop.set()
 
 
-def test_exactly_one_of_racing_runs_wins_a_stale_lock(tmp_path):
+@pytest.mark.parametrize("round_", range(5))
+def test_exactly_one_of_racing_runs_wins_a_stale_lock(tmp_path, round_):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     _write_lock(tmp_path, socket.gethostname(), gone.pid)
-    won, refused, go = [], [], threading.Barrier(6)
+    won, refused, go = [], [], threading.Barrier(8)
 
     def contend():
         lock = RunLock(tmp_path, heartbeat_s=60, say=_quiet)
@@ -86,13 +88,14 @@ def test_exactly_one_of_racing_runs_wins_a_stale_lock(tmp_path):
         except RunDirBusy:
             refused.append(lock)
 
-    threads = [threading.Thread(target=contend) for _ in range(6)]
+    threads = [threading.Thread(target=contend) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(won) == 1 and len(refused) == 5
+    assert len(won) == 1 and len(refused) == 7
     assert json.loads((tmp_path / LOCK).read_text())["token"] == won[0].token
+    assert not (tmp_path / (LOCK + ".takeover")).exists()
     won[0].release()
 
 

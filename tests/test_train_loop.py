@@ -72,3 +72,18 @@ def test_two_stage_run(tmp_path, data, monkeypatch, capsys):
     assert train(load_config(run / "config.yaml")) == exitcodes.OK
     assert "already done" in capsys.readouterr().out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_a_failing_stage_end_evaluation_keeps_the_stage_weights(tmp_path, data, monkeypatch):
+    import clipav2.eval.run
+    from clipav2.train.loop import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(clipav2.eval.run, "evaluate", broken)
+    run = tmp_path / "run"
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, run), world_size=1, check_data=True)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train(cfg)
+    assert (run / "pretrain.safetensors").is_file()

@@ -53,3 +53,24 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=key)
         changed += not torch.equal(w1[key], model.state_dict()[key])
     assert changed > 10  # the step really moved the weights
+
+
+def test_non_finite_lr_on_the_first_step_applies_nothing(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.replace("MICRO", "16"))
+    cfg = load_config(path, world_size=1)
+    model = build_stage_model(cfg, 0, tmp_path)
+    before = copy.deepcopy(model.state_dict())
+    strategy = build_strategy(cfg, World())
+    strategy.setup(model, cfg.stages[0])
+    strategy.lr = lambda: float("inf")  # what a broken schedule would hand the step
+    runner = StepRunner(strategy, cfg.stages[0], 0, cfg.seed, patch_size=8)
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g),
+             "text": torch.randint(1000, 5000, (16, 16), generator=g)}
+    result = runner.run([batch], step=1)
+    assert bool(result.skipped)
+    for key, value in strategy.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(not s for s in strategy.optimizer.state.values()) or all(
+        torch.count_nonzero(t) == 0 for s in strategy.optimizer.state.values() for k, t in s.items() if k != "step")

@@ -314,8 +314,8 @@ class Trainer:
         return seconds
 
     def _finish_stage(self, index: int, full: dict, step: int) -> float:
-        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors.
-        Returns the evaluation's seconds."""
+        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors (written
+        even when the evaluation fails). Returns the evaluation's seconds."""
         from clipav2.eval.run import evaluate
         from clipav2.models.convert import load_weights, save_model
         cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
@@ -323,12 +323,14 @@ class Trainer:
         if world.is_main:
             model = build_stage_model(cfg, index, self.run_dir)  # the stage's architecture, then its weights
             load_weights(model, {k: v.float() for k, v in full.items()})
-            if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                eval_seconds = self._evaluate(index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
-            self.ledger.set_progress(stage.name, step, step * stage.global_batch)
-            save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
-                       ledger=self.ledger.state_dict())
-            print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
+            try:
+                if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
+                    eval_seconds = self._evaluate(index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
+            finally:  # an evaluation that fails must not cost the stage its weights
+                self.ledger.set_progress(stage.name, step, step * stage.global_batch)
+                save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
+                           ledger=self.ledger.state_dict())
+                print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
         _barrier(world)
         return eval_seconds
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import shutil
 import time
@@ -53,10 +54,26 @@ def flatten(tree, prefix: str = "") -> dict:
     return out
 
 
+def _default(key: str):
+    """The built-in default of a dotted key (a key added to the config after a run was started
+    is absent from its config.yaml: its default is what that run used)."""
+    from clipav2.config import Config, StageConfig
+
+    parts = key.split(".")
+    if parts[0] == "stages" and len(parts) > 2:
+        return flatten(dataclasses.asdict(StageConfig())).get(".".join(parts[2:]), "<absent>")
+    return flatten(to_dict(Config())).get(key, "<absent>")
+
+
 def differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose value differs (present in one only counts)."""
+    """Dotted keys whose value differs (a key missing on one side counts as its default)."""
     a, b = flatten(old), flatten(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    value = lambda d, k: d[k] if k in d else _plain(_default(k))  # noqa: E731
+    return sorted(k for k in a.keys() | b.keys() if value(a, k) != value(b, k))
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
 def is_safe(key: str) -> bool:

@@ -9,12 +9,13 @@ until the server notices. An exclusive create is atomic on local disks, NFSv3+ a
 file survives for all to read: who holds the run, since when.
 
 A lock whose holder is gone is taken over:
-- same host: the holder's pid no longer exists (or is another process now): at once;
+- same host and pid namespace: the holder's pid no longer exists (or is another process now): at once;
 - another host (a requeued SLURM job landing on another node): once its heartbeat has not moved
   for `lease_s` seconds, measured by the waiting process (no clocks compared across nodes; each
   look opens the file, which on NFS revalidates its attributes: close-to-open consistency).
-Taking over renames the stale file aside first (atomic) and checks that what it moved is the
-stale lock it judged, so two waiting runs cannot both win.
+Taking over is done holding `.lock.takeover` (itself created exclusively): its holder deletes the
+stale lock only if the file is still the one it judged, then creates its own like anyone else;
+so two waiting runs cannot both win.
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def _start_time(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """Containers may share a host name but not a pid space: pids are only compared within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
         return None
 
 
@@ -71,7 +80,8 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Hold the lock or raise RunDirBusy naming the live holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
+        for attempt in range(20):
+            time.sleep(0.05 * min(attempt, 4))  # another run may be taking a stale lock over
             if self._create():
                 self._thread = threading.Thread(target=self._beat, name="run-dir-lock", daemon=True)
                 self._thread.start()
@@ -105,7 +115,7 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()),
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()), "pidns": _pid_namespace(),
                   "since": time.time(), "token": self.token}
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
@@ -128,7 +138,7 @@ class RunLock:
             return None
 
     def _stale(self, holder: dict | None, raw: bytes) -> bool:
-        if holder and holder.get("host") == socket.gethostname():
+        if holder and holder.get("host") == socket.gethostname() and holder.get("pidns") == _pid_namespace():
             return not _alive(int(holder.get("pid", -1)), holder.get("started"))
         first = self._heartbeat()
         self.say(f"{self.path.parent} is locked by {describe(holder, self.path)}; "
@@ -141,17 +151,33 @@ class RunLock:
         return True
 
     def _take_over(self, raw: bytes) -> None:
-        aside = self.path.with_name(f"{LOCK}.stale.{self.token}")
+        """Remove the stale lock `raw` judged, holding `.lock.takeover` (created exclusively) so no
+        two runs take over at once: only its holder deletes, and only if the file is still `raw`."""
+        mutex = self.path.with_name(LOCK + ".takeover")
         try:
-            os.rename(self.path, aside)
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._clear_dead_mutex(mutex)
+            return
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace()}, f)
+            if self._read_raw() == raw:
+                self.path.unlink(missing_ok=True)
+        finally:
+            mutex.unlink(missing_ok=True)
+
+    def _clear_dead_mutex(self, mutex: Path) -> None:
+        """A taker that died mid-takeover (seconds of work) leaves its mutex: removed once its pid
+        is gone (same host) or it is older than the lease."""
+        try:
+            holder = _parse(mutex.read_bytes()) or {}
+            age = time.time() - mutex.stat().st_mtime
         except FileNotFoundError:
-            return  # someone else moved it first
-        if aside.read_bytes() != raw:  # we moved a fresh lock another run had just made: put it back
-            try:
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-        aside.unlink(missing_ok=True)
+            return
+        same = holder.get("host") == socket.gethostname() and holder.get("pidns") == _pid_namespace()
+        if (same and not _alive(int(holder.get("pid", -1)), None)) or age > self.lease_s:
+            mutex.unlink(missing_ok=True)
 
     def _mine(self) -> bool:
         holder = _parse(self._read_raw() or b"")

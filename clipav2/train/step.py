@@ -14,6 +14,7 @@ the temperature, live in every micro-step, takes 1/n of its gradient from each.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -60,12 +61,17 @@ def _losses(strategy, inputs, loss_fn):
 
 
 def _update(strategy, lr: float, loss: torch.Tensor):
-    """Clip and apply the update unless the loss or the gradient norm is non-finite, decided on
+    """Clip and apply the update unless the loss, the gradient norm or the LR is non-finite, decided on
     the device -> (grad_norm, skipped) as 0-d device tensors."""
+    lr_ok = math.isfinite(lr)  # a host float: checking it costs no sync
     if strategy.owns_update:
-        return strategy.engine_step(lr)
+        norm, skipped = strategy.engine_step(lr if lr_ok else 0.0)
+        return norm, skipped or not lr_ok
     norm = strategy.grad_norm()
     skipped = ~(torch.isfinite(norm) & torch.isfinite(loss))
+    if not lr_ok:
+        skipped = torch.ones_like(skipped)
+        lr = 0.0
     if strategy.stage.grad_clip is not None:
         strategy.clip_grads(norm, strategy.stage.grad_clip)  # a non-finite norm only spoils dropped grads
     strategy.set_lr(lr)
