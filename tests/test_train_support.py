@@ -6,10 +6,8 @@ from pathlib import Path
 
 import yaml
 
-ENV = {"NLTK_DATA": "/work/shared/assets/nltk_data", "CLIPAV2_VOCAB": "/work/shared/assets/bert-base-uncased-vocab.txt"}
-for _k, _v in ENV.items():
-    if Path(_v).exists():
-        os.environ.setdefault(_k, _v)
+# The offline text data the subprocesses need, as the README has the user export it.
+ENV = {k: os.environ[k] for k in ("NLTK_DATA", "CLIPAV2_VOCAB") if k in os.environ}
 
 
 def free_port() -> str:
