@@ -1,8 +1,10 @@
-"""The three places where we rely on library internals, each in one function, so an upgrade that
+"""The four places where we rely on library internals, each in one function, so an upgrade that
 changes one fails its test in tests/test_compat.py loudly instead of silently changing behaviour:
 
 - torch's fused AdamW skips a step when `optimizer.found_inf` is non-zero (the attribute
   GradScaler sets; read in torch/optim/adam.py and adamw.py): our device-side skip.
+- torch's private `torch._fused_adamw_` (the kernel behind `AdamW(fused=True)`): the update of
+  our bf16-first-moment AdamW, on an fp32 copy of the moment.
 - torch.distributed.checkpoint's `FileSystemReader._get_metadata_path()` (private): where the
   pickled index lives, which we read ourselves with an allow-list unpickler.
 - DeepSpeed's engine loads checkpoints through `engine.checkpoint_engine.load(path,
@@ -17,6 +19,12 @@ import torch
 def set_found_inf(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:
     """Tell a fused (or our bf16-momentum) AdamW to skip its next step where `skipped` is set."""
     optimizer.found_inf = skipped.float()
+
+
+def fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, found_inf):
+    """One fused AdamW update of the lists in place (torch's kernel; skipped where `found_inf`)."""
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, beta1=beta1, beta2=beta2,
+                        maximize=False, grad_scale=None, found_inf=found_inf, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
 def dcp_metadata_path(reader):

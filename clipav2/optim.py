@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from clipav2 import compat
+from clipav2.compat import fused_adamw_
 from clipav2.train.decay import decays
 
 
@@ -101,9 +102,8 @@ class AdamWLowPrecisionMomentum(torch.optim.Optimizer):
         for part in _chunks(param, _FP32_MOMENT_CHUNK):
             moment = [torch.empty_like(exp_avg[i], dtype=torch.float32) for i in part]
             torch._foreach_copy_(moment, [exp_avg[i] for i in part])
-            torch._fused_adamw_([param[i] for i in part], [grad[i] for i in part], moment, [exp_avg_sq[i] for i in part],
-                                [], [steps[i] for i in part], amsgrad=False, beta1=b1, beta2=b2, maximize=False,
-                                grad_scale=None, found_inf=skip, **hyper)
+            fused_adamw_([param[i] for i in part], [grad[i] for i in part], moment, [exp_avg_sq[i] for i in part],
+                         [steps[i] for i in part], beta1=b1, beta2=b2, found_inf=skip, **hyper)
             torch._foreach_copy_([exp_avg[i] for i in part], moment)  # round to nearest even, as optax's cast
         if skip is not None:
             torch._foreach_sub_(steps, [skip] * len(steps))

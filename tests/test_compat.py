@@ -21,6 +21,22 @@ def test_fused_adamw_honours_found_inf(skip):
     assert float(opt.state[w]["step"]) == (0 if skip else 1)
 
 
+def test_private_fused_adamw_kernel_is_what_adamw_fused_runs():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    grad = torch.randn(5, 3)
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.2, fused=True)
+    p, m, v, step = w.detach().clone(), torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(())
+    for _ in range(3):
+        w.grad = grad.clone()
+        opt.step()
+        step += 1  # the caller counts the step before the kernel runs, as torch's AdamW does
+        compat.fused_adamw_([p], [grad.clone()], [m], [v], [step], lr=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
+                            weight_decay=0.2, found_inf=None)
+    assert torch.equal(p, w.detach())
+    assert torch.equal(m, opt.state[w]["exp_avg"]) and torch.equal(v, opt.state[w]["exp_avg_sq"])
+
+
 def test_dcp_reader_names_its_index_file(tmp_path):
     import torch.distributed.checkpoint as dcp
 
