@@ -90,6 +90,8 @@ class RunLock:
             if raw is None:
                 continue  # released meanwhile
             holder = _parse(raw)
+            if holder is None and self._young():
+                continue  # another run is writing its record this instant: look again
             if not self._stale(holder, raw):
                 raise RunDirBusy(f"{self.path.parent} is in use by another run: {describe(holder, self.path)}")
             self._take_over(raw)
@@ -129,6 +131,10 @@ class RunLock:
                 return f.read()
         except FileNotFoundError:
             return None
+
+    def _young(self, seconds: float = 5.0) -> bool:
+        beat = self._heartbeat()
+        return beat is not None and time.time() - beat / 1e9 < seconds
 
     def _heartbeat(self) -> int | None:
         try:
