@@ -17,16 +17,21 @@ import torch
 from test_train_support import ENV, small_demo, tiny_recipe
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One finished `pretrain` stage (6 steps, checkpoints at 2 and 4), copied per test."""
-    root = tmp_path_factory.mktemp("attack")
+def train_pretrain(tmp_path_factory, name: str, samples: int):
+    """A finished tiny `pretrain` stage with checkpoints every 2 steps -> (recipe, run dir)."""
+    root = tmp_path_factory.mktemp(name)
     data = small_demo(tmp_path_factory)
     recipe = tiny_recipe(root / "r.yaml", data, root / "run",
-                         **{"stages.pretrain.samples": 96, "checkpoint.every_steps": 2, "eval.at_stage_end": False})
+                         **{"stages.pretrain.samples": samples, "checkpoint.every_steps": 2, "eval.at_stage_end": False})
     done = _train(recipe, root / "run")
     assert done.returncode == 0, done.stderr[-3000:]
     return recipe, root / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished `pretrain` stage (6 steps, checkpoints at 2 and 4), copied per test."""
+    return train_pretrain(tmp_path_factory, "attack", 96)
 
 
 def _env():

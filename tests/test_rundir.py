@@ -6,19 +6,12 @@ import shutil
 import pytest
 
 from clipav2.train.rundir import differences, is_safe
-from test_checkpoint_attacks import _train
-from test_train_support import small_demo, tiny_recipe
+from test_checkpoint_attacks import _train, train_pretrain
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir")
-    data = small_demo(tmp_path_factory)
-    recipe = tiny_recipe(root / "r.yaml", data, root / "run",
-                         **{"stages.pretrain.samples": 64, "checkpoint.every_steps": 2, "eval.at_stage_end": False})
-    done = _train(recipe, root / "run")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return recipe, root / "run"
+    return train_pretrain(tmp_path_factory, "rundir", 64)
 
 
 def _copy(good, tmp_path):
