@@ -64,11 +64,12 @@ def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> di
     """The largest divisor of the per-rank batch the model says fits, with the figures behind it."""
     per_rank = stage.global_batch // world_size
     per_sample = activation_bytes_per_sample(cfg, stage, precision)
-    room = device_bytes * (1 - RESERVE) - fixed_bytes(cfg, world_size)
+    fixed = fixed_bytes(cfg, world_size)
+    room = device_bytes * (1 - RESERVE) - fixed
     fits = max(1, int(room // per_sample)) if room > 0 else 1
     micro = max(d for d in range(1, per_rank + 1) if per_rank % d == 0 and d <= fits)
     return {"micro_batch": micro, "per_rank_batch": per_rank, "micro_steps": per_rank // micro,
-            "predicted_bytes": int(fixed_bytes(cfg, world_size) + micro * per_sample),
+            "predicted_bytes": int(fixed + micro * per_sample),
             "per_sample_bytes": per_sample, "device_bytes": int(device_bytes)}
 
 
@@ -84,23 +85,39 @@ def explain(stage_name: str, fit: dict) -> str:
             f"checkpointing more blocks (model.checkpointing) or more GPUs avoids it")
 
 
-def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
-    """Once per (stage, device, world size): choose and record; later calls read the record."""
+def _key(stage, world) -> str:
+    from clipav2.parallel.env import device_name
+
+    return f"{stage.name} {device_name(world.device)} x{world.world_size}"
+
+
+def _free_bytes(world) -> int:
+    """Free device memory, the smallest over the ranks, so that every rank picks the same
+    micro-batch (ranks stepping different numbers of micro-steps would hang the collectives).
+    The CPU: no limit (RAM is not the limit of a test run)."""
     import torch
 
+    if world.device.type != "cuda":
+        return 2**62
+    free = torch.tensor(torch.cuda.mem_get_info(world.device)[0], device=world.device)
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)
+    return int(free)
+
+
+def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
+    """Once per (stage, device, world size): choose and record; later calls read the record.
+    Every rank reads the record before the collective in `_free_bytes`, and the main rank writes
+    it only after, so all ranks agree on whether it exists."""
     from clipav2.parallel.base import resolve_precision
-    from clipav2.parallel.env import device_name
 
     path = Path(run_dir) / RECORD
     records = json.loads(path.read_text()) if path.is_file() else {}
-    key = f"{stage.name} {device_name(world.device)} x{world.world_size}"
+    key = _key(stage, world)
     if key not in records:
-        if world.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(world.device)
-        else:  # the CPU: the whole per-rank batch (RAM is not the limit of a test run)
-            free = float("inf")
-        fit = choose(cfg, stage, world.world_size, free if free != float("inf") else 2**62, resolve_precision(cfg, world))
-        records[key] = fit
+        records[key] = choose(cfg, stage, world.world_size, _free_bytes(world), resolve_precision(cfg, world))
         if world.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(records, indent=1))
@@ -109,13 +126,11 @@ def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
 
 def record_trial(run_dir, stage, world, peak_bytes: int) -> None:
     """The first step's measured peak, beside the model's prediction (main rank)."""
-    from clipav2.parallel.env import device_name
-
     path = Path(run_dir) / RECORD
     if not world.is_main or not path.is_file():
         return
     records = json.loads(path.read_text())
-    key = f"{stage.name} {device_name(world.device)} x{world.world_size}"
+    key = _key(stage, world)
     if key in records:
         records[key]["measured_peak_bytes"] = int(peak_bytes)
         path.write_text(json.dumps(records, indent=1))
