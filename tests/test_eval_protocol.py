@@ -148,3 +148,12 @@ def test_class_names_must_match_the_set(tmp_path):
     cfg = _config(tmp_path, ["cat", "dog"])
     result = evaluate(create_model("tiny"), cfg, cfg.stages[0], torch.device("cpu"), classify_path=str(folder))
     assert result["zero_shot"]["n"] == 2 and result["zero_shot"]["classes"] == 2
+
+
+def test_evaluation_with_the_default_loader_workers(tmp_path):
+    """The recipes leave data.workers unset: evaluation takes the loader's default, as training does."""
+    cfg = _config(tmp_path, ["cat", "dog"])
+    cfg.data.workers = None
+    shards = _labelled_shards(tmp_path / "set", [0, 1, 1])
+    result = evaluate(create_model("tiny"), cfg, cfg.stages[0], torch.device("cpu"), classify_path=shards)
+    assert result["zero_shot"]["n"] == 3

@@ -56,7 +56,7 @@ class TrainLoader:
     def __init__(self, cfg, stage, world, text_transform, state=None):
         d = cfg.data
         self.rank, self.world_size = int(world.rank), int(world.world_size)
-        self.workers = default_workers(world) if d.workers is None else d.workers
+        self.workers = loader_workers(d, world.device)
         self.n_local = max(1, self.workers)
         self.batch_size = micro_batch_of(cfg, stage, world.world_size)
         self.urls = tuple(expand_urls(d.train))
@@ -131,13 +131,15 @@ class TrainLoader:
                         "no record read twice within an epoch)", ", ".join(changed), self.generation)
 
 
-def default_workers(world) -> int:
-    """Loader processes per rank: this machine's CPUs shared by its GPUs (ranks), one left for the
-    trainer itself, at most 16."""
+def loader_workers(data_cfg, device) -> int:
+    """Loader processes per rank, for training and evaluation alike: `data.workers`, or by default
+    this machine's CPUs shared by its GPUs (ranks), one left for the trainer itself, at most 16."""
     import os
 
+    if data_cfg.workers is not None:
+        return data_cfg.workers
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_node = torch.cuda.device_count() if world.device.type == "cuda" else 1
+    per_node = torch.cuda.device_count() if torch.device(device).type == "cuda" else 1
     return max(1, min(16, cpus // max(1, per_node) - 1))
 
 

@@ -20,11 +20,13 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None,
     `encode_text` (a plain CLIP module, or `periodic.EngineModel`). With a distributed `world`:
     zero-shot only, split over the ranks (a collective: every rank calls it)."""
     from clipav2.data import normalize
+    from clipav2.data.loader import loader_workers
 
     shared = world is not None and world.distributed
     classify_path = classify_path or cfg.data.eval
     retrieval_path = None if shared else retrieval_path or cfg.data.retrieval
     how = cfg.eval.protocol
+    workers = loader_workers(cfg.data, device)
     tok = protocol.prompt_tokenizer(how, stage, vocab=cfg.data.vocab, seed=cfg.seed)
     kind = protocol.image_kind(how, stage.eval_transform)
 
@@ -36,7 +38,7 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None,
             classes = zeroshot.class_embeddings(model, names, prompts, tok, device)
             part = (world.rank, world.world_size) if shared else (0, 1)
             batches = sets.classification_batches(classify_path, stage.image_size, kind, cfg.eval.batch_size,
-                                                  cfg.data.workers, how, len(names), cfg.data.fast_decode, part)
+                                                  workers, how, len(names), cfg.data.fast_decode, part)
             if shared:
                 result = _classify_shared(model, batches, classes, normalize, device, world, stage.image_size)
             else:
@@ -45,7 +47,7 @@ def evaluate(model, cfg, stage, device, classify_path=None, retrieval_path=None,
             out["zero_shot"].setdefault("skipped", batches.skipped)
         if retrieval_path:
             batches = sets.retrieval_batches(retrieval_path, stage.image_size, kind,
-                                             cfg.eval.batch_size, tok, cfg.data.workers, how, cfg.data.fast_decode)
+                                             cfg.eval.batch_size, tok, workers, how, cfg.data.fast_decode)
             img, txt = retrieval.embed_pairs(model, batches, normalize, device)
             out["retrieval"] = {**retrieval.recall_at_k(img, txt), "n": img.shape[0], "skipped": batches.skipped}
     return out
