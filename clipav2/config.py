@@ -32,7 +32,6 @@ IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
 TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
 TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
 PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
-ATTENTION = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")  # clipav2.models.attention.BACKENDS
 EVAL_TRANSFORMS = ("center_crop", "resize")
 EVAL_PROTOCOLS = ("clipa", "open_clip")
 
@@ -321,14 +320,14 @@ def _check_choice(key: str, value, allowed) -> None:
 
 def validate(cfg: Config, world_size: int | None = None) -> Config:
     """Semantic checks that need no model. `world_size` (when known) checks batch divisibility."""
-    from clipav2.models.arch import ARCHITECTURES, POS_EMBEDS
+    from clipav2.models.arch import ARCHITECTURES, ATTENTION_BACKENDS, POS_EMBEDS
 
     m = cfg.model
     if m.name not in ARCHITECTURES:
         raise ConfigError(f"model.name: unknown architecture {m.name!r}; known: {', '.join(ARCHITECTURES)}")
     _check_choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
     _check_choice("model.gelu", m.gelu, ("tanh", "exact"))
-    _check_choice("model.attention", m.attention, ATTENTION)
+    _check_choice("model.attention", m.attention, ATTENTION_BACKENDS)
     if not (m.checkpointing in ("none", "all") or _every_k(m.checkpointing)):
         raise ConfigError(f"model.checkpointing: {m.checkpointing!r} is not one of none, all, every_<k> (k >= 1)")
     if not 0 < m.ln_eps < 1:

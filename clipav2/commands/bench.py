@@ -14,7 +14,8 @@ import os
 import sys
 
 from clipav2 import exitcodes
-from clipav2.config import ATTENTION, STRATEGIES, ConfigError
+from clipav2.config import STRATEGIES, ConfigError
+from clipav2.models.arch import ATTENTION_BACKENDS
 
 
 def add_arguments(parser) -> None:
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, help="override parallel.strategy")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile each transformer block (default: on CUDA only)")
-    parser.add_argument("--attention", choices=ATTENTION, help="override model.attention")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, help="override model.attention")
     parser.add_argument("--checkpointing", help="override model.checkpointing: none, all, every_<k>")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when there is one")
     parser.add_argument("--data", action="store_true", help="read the real training shards (data.train)")

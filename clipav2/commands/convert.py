@@ -44,11 +44,12 @@ def _read(args):
         raise ValueError(f"--to clipav2 reads a checkpoint step directory (RUN_DIR/checkpoints/<stage>/step_N), not {args.input}")
     if args.source:
         path, numerics = (read_folder(args.input) if Path(args.input).is_dir() else (args.input, {}))
-        name = args.model or _named(path)
+        named = _named(path)
+        name = args.model or named
         if name is None:
             raise ValueError(f"{path} does not name its architecture; give --model (e.g. ViT-H-14-CLIPA)")
-        _check_name(args.model, _named(path) or name, path)
-        return (load_model(path) if _named(path) else from_open_clip(path, name, **numerics)), None, {}
+        _check_name(args.model, named or name, path)
+        return (load_model(path) if named else from_open_clip(path, name, **numerics)), None, {}
     model = load_model(args.input, name=args.model)
     return model, None, {}
 

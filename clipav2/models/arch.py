@@ -13,6 +13,10 @@ keep open_clip's numerics and its causal BPE text tower.
 """
 from dataclasses import dataclass, replace
 
+# model.attention choices (clipav2.models.attention implements them; kept here, free of torch,
+# so the config validates against the same list)
+ATTENTION_BACKENDS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")
+
 POS_EMBEDS = ("sincos", "learned", "sincos_open_clip")
 IMAGE_POOLS = ("avg", "tok", "avg_with_cls")
 TEXT_POOLS = ("last", "argmax")

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")
+from clipav2.models.arch import ATTENTION_BACKENDS as BACKENDS
+
 
 
 def _sdpa(q, k, v):
