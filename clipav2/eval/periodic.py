@@ -37,17 +37,23 @@ class EngineModel:
         return self
 
 
+def recipe_samples(cfg, stage_index: int, step: int) -> int:
+    """Samples seen over the whole recipe after `step` of stage `stage_index` (earlier stages at
+    their planned size): the one x-axis of the metrics and the periodic evaluation."""
+    return sum(s.samples for s in cfg.stages[:stage_index]) + step * cfg.stages[stage_index].global_batch
+
+
 class PeriodicEval:
     def __init__(self, cfg, stage_index: int, world):
         self.cfg, self.world = cfg, world
-        self.stage = cfg.stages[stage_index]
-        self.offset = sum(s.samples for s in cfg.stages[:stage_index])  # recipe samples before this stage
+        self.stage_index, self.stage = stage_index, cfg.stages[stage_index]
+        self.offset = recipe_samples(cfg, stage_index, 0)  # recipe samples before this stage
         self.every_samples, self.every_minutes = cfg.eval.every_samples, cfg.eval.every_minutes
         self.enabled = bool(cfg.data.eval) and bool(self.every_samples or self.every_minutes)
         self.last = time.monotonic()
 
     def recipe_samples(self, step: int) -> int:
-        return self.offset + step * self.stage.global_batch
+        return recipe_samples(self.cfg, self.stage_index, step)
 
     def due(self, step: int, at_log_step: bool) -> bool:
         """Collective when `at_log_step` and `every_minutes` is set (every rank calls it with the

@@ -164,10 +164,10 @@ class Trainer:
         runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
         periodic = PeriodicEval(cfg, index, world)
         monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = runner.n_micro
+        n_micro = strategy.n_micro
         step = int(extra.get("step", 0))
         skipped_steps = int(extra.get("skipped_steps", 0))
-        tokens = (stage.image_size // get_arch(cfg.model.name).vision.patch_size) ** 2
+        tokens = runner.grid[0] * runner.grid[1]
         _say(world, stage_header(stage, index, len(cfg.stages), kept_image_tokens(cfg, stage), tokens,
                                  world.world_size, n_micro, step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
@@ -293,6 +293,7 @@ class Trainer:
         """Run an evaluation (`run()`: collective for "periodic", main rank only at a stage's end),
         charge its time to the ledger as eval, and record it (main rank) with the recipe's samples
         seen, GPU-hours and dollars at that point. Returns the seconds it took."""
+        from clipav2.eval.periodic import recipe_samples
         from clipav2.eval.run import describe
 
         stage = self.cfg.stages[index]
@@ -304,7 +305,7 @@ class Trainer:
             return seconds
         self.ledger.set_progress(stage.name, step, step * stage.global_batch)
         record = {"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
-                  "recipe_samples": sum(s.samples for s in self.cfg.stages[:index]) + step * stage.global_batch,
+                  "recipe_samples": recipe_samples(self.cfg, index, step),
                   "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
                   "when": when, "time": time.time(),
                   **{k: v for part in result.values() for k, v in part.items()}, **result}

@@ -106,7 +106,6 @@ class StepRunner:
 
         self.strategy, self.stage, self.stage_index, self.seed = strategy, stage, stage_index, seed
         self.world = strategy.world
-        self.n_micro = strategy.n_micro  # micro-batches per optimizer step on this rank
         self.grid = (stage.image_size // patch_size, stage.image_size // patch_size)
         self._keep_indices = keep_indices
         self.last_scale = None  # the exponentiated temperature of the last forward (device tensor)
