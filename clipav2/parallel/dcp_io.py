@@ -120,12 +120,18 @@ def save_dcp(model, optimizer, path) -> None:
     dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=dcp.FileSystemWriter(str(path)))
 
 
+def checked_reader(path) -> SafeFileSystemReader:
+    """A reader of the DCP checkpoint at `path` whose index has been read and admitted: a
+    tampered index is refused here, before DCP touches anything."""
+    reader = SafeFileSystemReader(str(path))
+    reader.read_metadata()
+    return reader
+
+
 def load_dcp(model, optimizer, path) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    reader = SafeFileSystemReader(str(path))
-    reader.read_metadata()  # refuses a tampered index here, before DCP
-    dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
+    dcp.load(state, storage_reader=checked_reader(path), planner=SafeLoadPlanner())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -67,10 +67,9 @@ def read_step(step_dir) -> tuple[dict, dict[str, torch.Tensor]]:
 def _dcp_weights(path: Path) -> dict:
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-    from clipav2.parallel.dcp_io import SafeFileSystemReader
+    from clipav2.parallel.dcp_io import checked_reader
 
-    reader = SafeFileSystemReader(str(path))
-    reader.read_metadata()  # refuses a tampered index here, before DCP
+    reader = checked_reader(path)
     with warnings.catch_warnings(), weights_only_loads():
         warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to load in a single process": it is
         return _load_state_dict_from_keys("model", storage_reader=reader)["model"]
