@@ -10,6 +10,8 @@ ASCII (lower-casing only), which takes a faster path.
 Special tokens are deliberately not registered with the backend, so a caption that contains the
 text "[CLS]" or "[PAD]" is tokenized as ordinary characters and can never inject id 101 or 0.
 """
+import sys
+
 import numpy as np
 import torch
 from tokenizers import Tokenizer as _Backend
@@ -141,10 +143,7 @@ class Tokenizer:
 
     def encode(self, caption) -> list[int]:
         """All word-piece ids of `caption`, no [CLS]/[SEP]."""
-        encoding, text = self.encoding(caption)
-        if self._may_have_long_words(text):
-            return self._unknown_long_words(encoding.ids, encoding.word_ids, encoding.offsets, text)[0]
-        return encoding.ids
+        return self.words(caption, only_over=sys.maxsize)[0]
 
     def budget(self, text_len: int) -> int:
         """How many word pieces fit in a row of `text_len` ids."""
