@@ -18,22 +18,33 @@ from pathlib import Path
 
 import yaml
 
-from clipav2.reduce.text import REDUCTIONS as _TEXT_REDUCTIONS
-
-from clipav2.train.decay import RULES as DECAY_RULES
 
 
 class ConfigError(ValueError):
     """A bad configuration: the message is one line naming the key."""
 
 
-STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
-IMAGE_REDUCTIONS = ("resize", "random", "grid", "block")
-TEXT_REDUCTIONS = tuple(_TEXT_REDUCTIONS)  # the registry in clipav2/reduce/text.py
-TOKENIZER_MODES = ("clipa", "open_clip", "clip_bpe")
-PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")
-EVAL_TRANSFORMS = ("center_crop", "resize")
-EVAL_PROTOCOLS = ("clipa", "open_clip")
+def _check_choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: {value} must be > 0")
+
+
+def _non_negative(key: str, value) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"{key}: {value} must be >= 0")
+
+
+def _owned(key: str, check, *args) -> None:
+    """Run an owning module's check (a ValueError "field: problem") as a ConfigError under `key`."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise ConfigError(f"{key}.{e}" if str(e).split(":")[0].isidentifier() else f"{key}: {e}") from None
 
 
 @dataclass
@@ -45,6 +56,23 @@ class ModelConfig:
     attention: str = "sdpa"
     checkpointing: str = "none"  # none | all | every_<k>
     compile: typing.Optional[bool] = None  # None: on CUDA, off on the CPU
+
+    def validate(self, key: str) -> None:
+        from clipav2.models.arch import ARCHITECTURES, ATTENTION_BACKENDS, GELUS, POS_EMBEDS
+        from clipav2.parallel.apply import checkpoint_flags
+
+        if self.name not in ARCHITECTURES:
+            raise ConfigError(f"{key}.name: unknown architecture {self.name!r}; known: {', '.join(ARCHITECTURES)}")
+        _check_choice(f"{key}.pos_embed", self.pos_embed, POS_EMBEDS)
+        _check_choice(f"{key}.gelu", self.gelu, GELUS)
+        _check_choice(f"{key}.attention", self.attention, ATTENTION_BACKENDS)
+        _owned(key, checkpoint_flags, self.checkpointing, 1)
+        if not 0 < self.ln_eps < 1:
+            raise ConfigError(f"{key}.ln_eps: {self.ln_eps} must be in (0, 1)")
+
+    def options(self) -> dict:
+        """The switches `create_model` / `get_arch` take as overrides."""
+        return dict(pos_embed=self.pos_embed, gelu=self.gelu, ln_eps=self.ln_eps, attention=self.attention)
 
 
 @dataclass
@@ -62,6 +90,12 @@ class DataConfig:
     fast_decode: bool = True
     demo: bool = False  # train/eval on the generated demo data set (RUN_DIR/demo_data, made if missing)
 
+    def validate(self, key: str) -> None:
+        for name in ("workers", "shuffle_buffer", "prefetch"):
+            _non_negative(f"{key}.{name}", getattr(self, name))
+        if self.vocab is not None and not Path(self.vocab).is_file():
+            raise ConfigError(f"{key}.vocab: no such file {self.vocab!r}")
+
 
 @dataclass
 class ParallelConfig:
@@ -77,12 +111,48 @@ class ParallelConfig:
     fused_optimizer: bool = True
     timeout_minutes: float = 10.0  # collective timeout: a crashed rank stops the others
 
+    def validate(self, key: str) -> None:
+        from clipav2.parallel import STRATEGIES
+        from clipav2.parallel.base import PRECISIONS
+        from clipav2.parallel.deepspeed_strategy import ZERO_STAGES
+
+        _check_choice(f"{key}.strategy", self.strategy, STRATEGIES)
+        _check_choice(f"{key}.zero_stage", self.zero_stage, ZERO_STAGES)
+        _check_choice(f"{key}.precision", self.precision, PRECISIONS)
+        if isinstance(self.micro_batch, str):
+            _check_choice(f"{key}.micro_batch", self.micro_batch, ("auto",))
+        else:
+            _positive(f"{key}.micro_batch", self.micro_batch)
+        for name in ("grad_accum", "hsdp_shard_size"):
+            if getattr(self, name) is not None:
+                _positive(f"{key}.{name}", getattr(self, name))
+        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
+            raise ConfigError(f"{key}.deepspeed_config: no such file {self.deepspeed_config!r}")
+        _positive(f"{key}.timeout_minutes", self.timeout_minutes)
+        if self.strategy == "deepspeed":
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise ConfigError(f"{key}.strategy: deepspeed is not installed (pip install deepspeed)")
+
+    def validate_world(self, key: str, world_size: int) -> None:
+        """What needs the launcher's world size (known before any process group exists)."""
+        if self.strategy == "single" and world_size > 1:
+            raise ConfigError(f"{key}.strategy: single runs one process but the launcher started {world_size}; "
+                              "use ddp, fsdp or deepspeed")
+        if self.strategy == "fsdp" and self.hsdp_shard_size is not None and world_size % self.hsdp_shard_size:
+            raise ConfigError(f"{key}.hsdp_shard_size: {self.hsdp_shard_size} does not divide the world size {world_size}")
+
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 1000
     every_minutes: float = 60.0
     keep: int = 3
+
+    def validate(self, key: str) -> None:
+        for name in ("every_steps", "every_minutes", "keep"):
+            _positive(f"{key}.{name}", getattr(self, name))
 
 
 @dataclass
@@ -94,6 +164,15 @@ class LogConfig:
     progress_seconds: float = 60.0  # without a terminal: one plain progress line at most this often
     wandb: typing.Optional[str] = None  # a Weights & Biases project (pip install wandb; WANDB_MODE=offline works offline)
 
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.every_steps", self.every_steps)
+        _positive(f"{key}.progress_seconds", self.progress_seconds)
+        if self.wandb:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError(f"{key}.wandb: {self.wandb!r} needs the wandb package (pip install wandb), which is not installed")
+
 
 @dataclass
 class EvalConfig:
@@ -103,10 +182,22 @@ class EvalConfig:
     every_minutes: float = 0.0  # also zero-shot every N minutes of training (0: off)
     protocol: str = "clipa"  # clipa | open_clip: prompts, tokenization and resizing (docs/eval.md)
 
+    def validate(self, key: str) -> None:
+        from clipav2.eval.protocol import PROTOCOLS
+
+        _positive(f"{key}.batch_size", self.batch_size)
+        for name in ("every_samples", "every_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}: {getattr(self, name)} must be >= 0 (0: off)")
+        _check_choice(f"{key}.protocol", self.protocol, PROTOCOLS)
+
 
 @dataclass
 class FaultConfig:
     max_consecutive_skips: int = 10
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.max_consecutive_skips", self.max_consecutive_skips)
 
 
 @dataclass
@@ -115,6 +206,13 @@ class CostConfig:
     price_per_gpu_hour: typing.Optional[float] = None
     budget_usd: typing.Optional[float] = None
     stop_fraction: float = 1.0
+
+    def validate(self, key: str) -> None:
+        _non_negative(f"{key}.price_per_gpu_hour", self.price_per_gpu_hour)
+        if self.budget_usd is not None:
+            _positive(f"{key}.budget_usd", self.budget_usd)
+        if not 0 < self.stop_fraction <= 1:
+            raise ConfigError(f"{key}.stop_fraction: {self.stop_fraction} must be in (0, 1]")
 
 
 @dataclass
@@ -128,16 +226,31 @@ class AugmentConfig:
     grayscale_p: float = 0.2
     hflip_p: float = 0.0
 
+    def validate(self, key: str) -> None:
+        from clipav2.data.transforms import INTERPOLATIONS
+
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"{key}.crop_scale: {self.crop_scale} must satisfy 0 < min <= max <= 1")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"{key}.crop_ratio: {self.crop_ratio} must satisfy 0 < min <= max")
+        _check_choice(f"{key}.crop_interpolation", self.crop_interpolation, INTERPOLATIONS)
+        for name in ("color_jitter_p", "grayscale_p", "hflip_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{key}.{name}: {getattr(self, name)} must be in [0, 1]")
+        if any(v < 0 for v in self.color_jitter) or self.color_jitter[3] > 0.5:
+            raise ConfigError(f"{key}.color_jitter: {self.color_jitter} must be >= 0 with hue <= 0.5")
+
 
 @dataclass
 class StageConfig:
     name: str = "pretrain"
     image_size: int = 224
-    image_reduction: str = "resize"  # resize | random | grid | block
+    image_reduction: str = "resize"  # resize | random | grid | block (clipav2.reduce.image)
     image_mask_ratio: float = 0.0  # fraction of patch tokens dropped (random, block)
     grid_window: int = 2  # grid: keep one patch per k x k window
     text_len: int = 32
-    text_reduction: str = "truncate"
+    text_reduction: str = "truncate"  # clipav2.reduce.text
     tokenizer_mode: str = "clipa"  # clipa ([CLS] + L-1 pieces) | open_clip ([CLS] + L-2 pieces) | clip_bpe (CLIPA v1)
     samples: int = 0
     global_batch: int = 256
@@ -165,6 +278,60 @@ class StageConfig:
     def peak_lr(self) -> float:
         return self.lr_base * self.global_batch / self.lr_base_batch
 
+    def validate(self, key: str, model: str, patch: int) -> None:
+        """Everything about the stage alone, given the model's name and patch size."""
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{key}.name: {self.name!r} must be a non-empty word (letters, digits, _ or -)")
+        _positive(f"{key}.image_size", self.image_size)
+        if self.image_size % patch:
+            raise ConfigError(f"{key}.image_size: {self.image_size} is not a multiple of the patch size {patch} of {model}")
+        self._validate_reductions(key, patch)
+        _positive(f"{key}.samples", self.samples)
+        _positive(f"{key}.global_batch", self.global_batch)
+        if self.samples < self.global_batch:
+            raise ConfigError(f"{key}.samples: {self.samples} is less than one global batch ({self.global_batch})")
+        for name in ("micro_batch", "lr_base", "lr_base_batch", "eps"):
+            if getattr(self, name) is not None:
+                _positive(f"{key}.{name}", getattr(self, name))
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ConfigError(f"{key}.warmup_steps: {self.warmup_steps} must be in [0, steps={self.steps}]")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{key}.betas: {self.betas} must each be in [0, 1)")
+        _non_negative(f"{key}.weight_decay", self.weight_decay)
+        self._validate_sources(key)
+        self.augment.validate(f"{key}.augment")
+
+    def _validate_reductions(self, key: str, patch: int) -> None:
+        """The token-length reductions of both towers, by their owning modules."""
+        from clipav2.reduce import image, text
+        from clipav2.text.transform import TOKENIZER_MODES, reductions_of
+
+        grid = self.image_size // patch
+        _owned(key, image.check, self.image_reduction, (grid, grid), self.image_mask_ratio, self.grid_window)
+        if self.text_len < 2:
+            raise ConfigError(f"{key}.text_len: {self.text_len} must be >= 2 ([CLS] plus one piece)")
+        _check_choice(f"{key}.tokenizer_mode", self.tokenizer_mode, TOKENIZER_MODES)
+        _owned(key, text.get, self.text_reduction)
+        if self.text_reduction not in reductions_of(self.tokenizer_mode):
+            raise ConfigError(f"{key}.text_reduction: {self.text_reduction!r} is not available with tokenizer_mode "
+                              f"{self.tokenizer_mode} ({', '.join(reductions_of(self.tokenizer_mode))})")
+
+    def _validate_sources(self, key: str) -> None:
+        from clipav2.data.transforms import EVAL_KINDS
+        from clipav2.train.decay import RULES
+
+        _check_choice(f"{key}.weight_decay_rule", self.weight_decay_rule, RULES)
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"{key}.grad_clip: {self.grad_clip} must be > 0 (or null for none)")
+        _check_choice(f"{key}.eval_transform", self.eval_transform, EVAL_KINDS)
+        if self.pos_embed not in (None, "learned"):
+            raise ConfigError(f"{key}.pos_embed: {self.pos_embed!r} must be learned or left out")
+        if self.init_from is not None and not Path(self.init_from).exists():
+            raise ConfigError(f"{key}.init_from: no such file {self.init_from!r}")
+
+
+SECTIONS = ("model", "data", "parallel", "checkpoint", "log", "eval", "faults", "cost")
+
 
 @dataclass
 class Config:
@@ -186,6 +353,50 @@ class Config:
                 return s
         raise ConfigError(f"stages: no stage named {name!r}; stages are {[s.name for s in self.stages]}")
 
+    def validate(self, world_size: int | None = None) -> Config:
+        """Every section checks itself; then what spans sections: the stages against the model,
+        and, when the launcher's world size is known, against the world."""
+        from clipav2.models.arch import ARCHITECTURES
+
+        for name in SECTIONS:
+            getattr(self, name).validate(name)
+        if world_size is not None:
+            self.parallel.validate_world("parallel", world_size)
+        if not self.stages:
+            raise ConfigError("stages: a recipe needs at least one stage")
+        patch = ARCHITECTURES[self.model.name].vision.patch_size
+        seen = set()
+        for i, s in enumerate(self.stages):
+            s.validate(f"stages.{s.name}" if s.name else f"stages[{i}]", self.model.name, patch)
+            if s.name in seen:
+                raise ConfigError(f"stages.{s.name}.name: duplicate stage name")
+            seen.add(s.name)
+            if world_size is not None:
+                self.batch_split(s, world_size)
+        return self
+
+    def micro_batch_setting(self, stage: StageConfig) -> int | str:
+        """The stage's micro-batch as configured: its own, else parallel.micro_batch (maybe "auto")."""
+        return stage.micro_batch or self.parallel.micro_batch
+
+    def micro_batch_of(self, stage: StageConfig, world_size: int) -> int:
+        """The configured micro-batch per rank; `auto` not yet fitted to the device
+        (clipav2.parallel.micro_batch) is the whole per-rank batch. Unchecked: see `batch_split`."""
+        micro = self.micro_batch_setting(stage)
+        return stage.global_batch // world_size if micro == "auto" else micro
+
+    def batch_split(self, stage: StageConfig, world_size: int, micro: int | None = None) -> tuple[int, int]:
+        """(micro-batch per rank, micro-steps per optimizer step) of `stage` on `world_size` ranks,
+        at `micro` or the configured micro-batch; a ConfigError if the global batch does not split."""
+        micro = micro or self.micro_batch_of(stage, world_size)
+        key, accum = f"stages.{stage.name}.global_batch", self.parallel.grad_accum
+        if accum is None:
+            if micro < 1 or stage.global_batch % (world_size * micro):
+                raise ConfigError(f"{key}: {stage.global_batch} is not divisible by world size {world_size} x micro_batch {micro}")
+            return micro, stage.global_batch // (world_size * micro)
+        if stage.global_batch != world_size * micro * accum:
+            raise ConfigError(f"{key}: {stage.global_batch} != world size {world_size} x micro_batch {micro} x grad_accum {accum}")
+        return micro, accum
 
 # ---------------------------------------------------------------- building from plain data
 
@@ -313,182 +524,6 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = _parse_scalar(text)
 
 
-def _check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-
-
-def validate(cfg: Config, world_size: int | None = None) -> Config:
-    """Semantic checks that need no model. `world_size` (when known) checks batch divisibility."""
-    from clipav2.models.arch import ARCHITECTURES, ATTENTION_BACKENDS, POS_EMBEDS
-
-    m = cfg.model
-    if m.name not in ARCHITECTURES:
-        raise ConfigError(f"model.name: unknown architecture {m.name!r}; known: {', '.join(ARCHITECTURES)}")
-    _check_choice("model.pos_embed", m.pos_embed, POS_EMBEDS)
-    _check_choice("model.gelu", m.gelu, ("tanh", "exact"))
-    _check_choice("model.attention", m.attention, ATTENTION_BACKENDS)
-    if not (m.checkpointing in ("none", "all") or _every_k(m.checkpointing)):
-        raise ConfigError(f"model.checkpointing: {m.checkpointing!r} is not one of none, all, every_<k> (k >= 1)")
-    if not 0 < m.ln_eps < 1:
-        raise ConfigError(f"model.ln_eps: {m.ln_eps} must be in (0, 1)")
-    p = cfg.parallel
-    _check_choice("parallel.strategy", p.strategy, STRATEGIES)
-    if p.strategy == "single" and world_size is not None and world_size > 1:
-        raise ConfigError(f"parallel.strategy: single runs one process but the launcher started {world_size}; use ddp, fsdp or deepspeed")
-    _check_choice("parallel.zero_stage", p.zero_stage, (1, 2, 3))
-    _check_choice("parallel.precision", p.precision, PRECISIONS)
-    if isinstance(p.micro_batch, str):
-        _check_choice("parallel.micro_batch", p.micro_batch, ("auto",))
-    else:
-        _positive("parallel.micro_batch", p.micro_batch)
-    if p.grad_accum is not None:
-        _positive("parallel.grad_accum", p.grad_accum)
-    if p.hsdp_shard_size is not None:
-        _positive("parallel.hsdp_shard_size", p.hsdp_shard_size)
-    if p.deepspeed_config is not None and not Path(p.deepspeed_config).is_file():
-        raise ConfigError(f"parallel.deepspeed_config: no such file {p.deepspeed_config!r}")
-    if p.timeout_minutes <= 0:
-        raise ConfigError(f"parallel.timeout_minutes: {p.timeout_minutes} must be > 0")
-    d = cfg.data
-    for key in ("workers", "shuffle_buffer", "prefetch"):
-        if getattr(d, key) is not None and getattr(d, key) < 0:
-            raise ConfigError(f"data.{key}: {getattr(d, key)} must be >= 0")
-    if d.vocab is not None and not Path(d.vocab).is_file():
-        raise ConfigError(f"data.vocab: no such file {d.vocab!r}")
-    _positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
-    _positive("checkpoint.keep", cfg.checkpoint.keep)
-    if cfg.checkpoint.every_minutes <= 0:
-        raise ConfigError(f"checkpoint.every_minutes: {cfg.checkpoint.every_minutes} must be > 0")
-    _positive("log.every_steps", cfg.log.every_steps)
-    _positive("eval.batch_size", cfg.eval.batch_size)
-    for key in ("every_samples", "every_minutes"):
-        if getattr(cfg.eval, key) < 0:
-            raise ConfigError(f"eval.{key}: {getattr(cfg.eval, key)} must be >= 0 (0: off)")
-    if cfg.log.progress_seconds <= 0:
-        raise ConfigError(f"log.progress_seconds: {cfg.log.progress_seconds} must be > 0")
-    if cfg.log.wandb:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError(f"log.wandb: {cfg.log.wandb!r} needs the wandb package (pip install wandb), which is not installed")
-    _check_choice("eval.protocol", cfg.eval.protocol, EVAL_PROTOCOLS)
-    _positive("faults.max_consecutive_skips", cfg.faults.max_consecutive_skips)
-    c = cfg.cost
-    if c.price_per_gpu_hour is not None and c.price_per_gpu_hour < 0:
-        raise ConfigError(f"cost.price_per_gpu_hour: {c.price_per_gpu_hour} must be >= 0")
-    if c.budget_usd is not None and c.budget_usd <= 0:
-        raise ConfigError(f"cost.budget_usd: {c.budget_usd} must be > 0")
-    if not 0 < c.stop_fraction <= 1:
-        raise ConfigError(f"cost.stop_fraction: {c.stop_fraction} must be in (0, 1]")
-    if not cfg.stages:
-        raise ConfigError("stages: a recipe needs at least one stage")
-    patch = ARCHITECTURES[m.name].vision.patch_size
-    seen = set()
-    for i, s in enumerate(cfg.stages):
-        _validate_stage(s, f"stages.{s.name}" if s.name else f"stages[{i}]", patch, cfg, world_size)
-        if s.name in seen:
-            raise ConfigError(f"stages.{s.name}.name: duplicate stage name")
-        seen.add(s.name)
-    return cfg
-
-
-def _every_k(text: str) -> bool:
-    head, _, k = text.partition("_")
-    return head == "every" and k.isdigit() and int(k) >= 1
-
-
-def _positive(key: str, value) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: {value} must be > 0")
-
-
-def _validate_stage(s: StageConfig, key: str, patch: int, cfg: Config, world_size) -> None:
-    if not s.name or not s.name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"{key}.name: {s.name!r} must be a non-empty word (letters, digits, _ or -)")
-    _positive(f"{key}.image_size", s.image_size)
-    if s.image_size % patch:
-        raise ConfigError(f"{key}.image_size: {s.image_size} is not a multiple of the patch size {patch} of {cfg.model.name}")
-    _check_choice(f"{key}.image_reduction", s.image_reduction, IMAGE_REDUCTIONS)
-    if not 0 <= s.image_mask_ratio < 1:
-        raise ConfigError(f"{key}.image_mask_ratio: {s.image_mask_ratio} must be in [0, 1)")
-    if s.image_reduction == "grid":
-        grid = s.image_size // patch
-        if s.grid_window < 1 or grid % s.grid_window:
-            raise ConfigError(f"{key}.grid_window: {s.grid_window} does not divide the {grid}x{grid} patch grid")
-    if s.image_reduction == "resize" and s.image_mask_ratio:
-        raise ConfigError(f"{key}.image_mask_ratio: must be 0 with image_reduction resize (use random, grid or block)")
-    if s.text_len < 2:
-        raise ConfigError(f"{key}.text_len: {s.text_len} must be >= 2 ([CLS] plus one piece)")
-    _check_choice(f"{key}.text_reduction", s.text_reduction, TEXT_REDUCTIONS)
-    _check_choice(f"{key}.tokenizer_mode", s.tokenizer_mode, TOKENIZER_MODES)
-    if s.tokenizer_mode == "clip_bpe" and s.text_reduction not in ("truncate", "syntax"):
-        raise ConfigError(f"{key}.text_reduction: {s.text_reduction!r} is not available with tokenizer_mode clip_bpe (truncate, syntax)")
-    _check_choice(f"{key}.eval_transform", s.eval_transform, EVAL_TRANSFORMS)
-    if s.samples <= 0:
-        raise ConfigError(f"{key}.samples: {s.samples} must be > 0")
-    _positive(f"{key}.global_batch", s.global_batch)
-    if s.samples < s.global_batch:
-        raise ConfigError(f"{key}.samples: {s.samples} is less than one global batch ({s.global_batch})")
-    if s.micro_batch is not None:
-        _positive(f"{key}.micro_batch", s.micro_batch)
-    if s.lr_base <= 0:
-        raise ConfigError(f"{key}.lr_base: {s.lr_base} must be > 0")
-    _positive(f"{key}.lr_base_batch", s.lr_base_batch)
-    if s.warmup_steps < 0 or s.warmup_steps > s.steps:
-        raise ConfigError(f"{key}.warmup_steps: {s.warmup_steps} must be in [0, steps={s.steps}]")
-    if not all(0 <= b < 1 for b in s.betas):
-        raise ConfigError(f"{key}.betas: {s.betas} must each be in [0, 1)")
-    if s.eps <= 0:
-        raise ConfigError(f"{key}.eps: {s.eps} must be > 0")
-    if s.weight_decay < 0:
-        raise ConfigError(f"{key}.weight_decay: {s.weight_decay} must be >= 0")
-    _check_choice(f"{key}.weight_decay_rule", s.weight_decay_rule, DECAY_RULES)
-    if s.grad_clip is not None and s.grad_clip <= 0:
-        raise ConfigError(f"{key}.grad_clip: {s.grad_clip} must be > 0 (or null for none)")
-    a = s.augment
-    lo, hi = a.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"{key}.augment.crop_scale: {a.crop_scale} must satisfy 0 < min <= max <= 1")
-    if not 0 < a.crop_ratio[0] <= a.crop_ratio[1]:
-        raise ConfigError(f"{key}.augment.crop_ratio: {a.crop_ratio} must satisfy 0 < min <= max")
-    _check_choice(f"{key}.augment.crop_interpolation", a.crop_interpolation, ("bilinear", "bicubic"))
-    for name in ("color_jitter_p", "grayscale_p", "hflip_p"):
-        if not 0 <= getattr(a, name) <= 1:
-            raise ConfigError(f"{key}.augment.{name}: {getattr(a, name)} must be in [0, 1]")
-    if any(v < 0 for v in a.color_jitter) or a.color_jitter[3] > 0.5:
-        raise ConfigError(f"{key}.augment.color_jitter: {a.color_jitter} must be >= 0 with hue <= 0.5")
-    if s.pos_embed not in (None, "learned"):
-        raise ConfigError(f"{key}.pos_embed: {s.pos_embed!r} must be learned or left out")
-    if s.init_from is not None and not Path(s.init_from).exists():
-        raise ConfigError(f"{key}.init_from: no such file {s.init_from!r}")
-    if world_size is not None:
-        micro = micro_batch_of(cfg, s, world_size)
-        accum = cfg.parallel.grad_accum
-        if accum is None:
-            if s.global_batch % (world_size * micro):
-                raise ConfigError(
-                    f"{key}.global_batch: {s.global_batch} is not divisible by world size {world_size} x micro_batch {micro}"
-                )
-        elif s.global_batch != world_size * micro * accum:
-            raise ConfigError(
-                f"{key}.global_batch: {s.global_batch} != world size {world_size} x micro_batch {micro} x grad_accum {accum}"
-            )
-
-
-def micro_batch_of(cfg: Config, stage: StageConfig, world_size: int) -> int:
-    """The stage's micro-batch per rank. `auto` not yet fitted to the device
-    (`parallel.micro_batch_fit`, at a stage's start) means the whole per-rank batch."""
-    micro = stage.micro_batch or cfg.parallel.micro_batch
-    return stage.global_batch // world_size if micro == "auto" else micro
-
-
-def grad_accum_steps(cfg: Config, stage: StageConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step for this stage (validated above)."""
-    micro = micro_batch_of(cfg, stage, world_size)
-    return cfg.parallel.grad_accum or stage.global_batch // (world_size * micro)
-
-
 def load_config(path=None, overrides=(), world_size: int | None = None, check_data: bool = False) -> Config:
     """Read a YAML recipe (or start from defaults), apply overrides, build and validate."""
     from clipav2.inherit import apply_stage_defaults, read_recipe
@@ -505,7 +540,7 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
     if "stages" in raw and not isinstance(raw["stages"], list):
         raise ConfigError("stages: expected a list of stages")
     cfg = _build(Config, raw, "")
-    validate(cfg, world_size)
+    cfg.validate(world_size)
     if check_data:
         check_data_paths(cfg)
     return cfg

@@ -3,7 +3,8 @@ the largest divisor of the per-rank batch that fits, the record in RUN_DIR reuse
 explanation of what accumulation costs."""
 import json
 
-from clipav2.config import grad_accum_steps, load_config
+from clipav2.config import load_config
+from clipav2.stage import resolve
 from clipav2.models.arch import get_arch
 from clipav2.models.flops import count_params
 from clipav2.parallel import micro_batch as mb
@@ -41,7 +42,7 @@ def test_the_largest_divisor_that_fits_and_why():
 def test_found_once_and_recorded(tmp_path):
     cfg = _cfg()
     stage = cfg.stages[0]
-    assert grad_accum_steps(cfg, stage, 1) == 1  # auto before fitting: the whole per-rank batch
+    assert resolve(cfg, stage, 1).grad_accum == 1  # auto before fitting: the whole per-rank batch
     fit = mb.fit_micro_batch(cfg, stage, World(), tmp_path)
     assert fit["micro_batch"] == 48  # the CPU: the per-rank batch
     record = json.loads((tmp_path / mb.RECORD).read_text())

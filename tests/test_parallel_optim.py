@@ -7,7 +7,7 @@ import torch
 
 import clipav2
 from clipav2.config import ConfigError, StageConfig, load_config
-from clipav2.parallel import build_strategy, check_parallel_config
+from clipav2.parallel import build_strategy
 from clipav2.parallel.env import World, first_host, launcher_env
 from clipav2.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
 
@@ -90,7 +90,7 @@ def test_bad_configuration_fails_before_a_model_exists(overrides, world, key, mo
 
 
 def test_good_configuration_passes():
-    check_parallel_config(_cfg("parallel.strategy=ddp"), 2)
+    _cfg("parallel.strategy=ddp").validate(2)
 
 
 def test_launcher_environments():

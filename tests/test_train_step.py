@@ -24,7 +24,7 @@ def _one_step(tmp_path, micro, model, batch):
     cfg = load_config(path, world_size=1)
     strategy = build_strategy(cfg, World())
     strategy.setup(copy.deepcopy(model), cfg.stages[0])
-    runner = StepRunner(strategy, cfg.stages[0], 0, cfg.seed, patch_size=8)
+    runner = StepRunner(strategy, cfg.seed)
     parts = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, 16, micro)]
     # lr_at(0) with no warmup is the peak: a real update
     result = runner.run(parts, step=1)
@@ -64,7 +64,7 @@ def test_non_finite_lr_on_the_first_step_applies_nothing(tmp_path):
     strategy = build_strategy(cfg, World())
     strategy.setup(model, cfg.stages[0])
     strategy.lr = lambda: float("inf")  # what a broken schedule would hand the step
-    runner = StepRunner(strategy, cfg.stages[0], 0, cfg.seed, patch_size=8)
+    runner = StepRunner(strategy, cfg.seed)
     g = torch.Generator().manual_seed(0)
     batch = {"images": torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g),
              "text": torch.randint(1000, 5000, (16, 16), generator=g)}

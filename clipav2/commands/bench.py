@@ -14,7 +14,8 @@ import os
 import sys
 
 from clipav2 import exitcodes
-from clipav2.config import STRATEGIES, ConfigError
+from clipav2.config import ConfigError
+from clipav2.parallel import STRATEGIES
 from clipav2.models.arch import ATTENTION_BACKENDS
 
 

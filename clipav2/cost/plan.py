@@ -8,23 +8,12 @@ from dataclasses import asdict, dataclass
 
 from clipav2.config import Config, StageConfig
 from clipav2.cost.prices import Accelerator
-
-
-def kept_image_tokens(cfg: Config, stage: StageConfig) -> int:
-    from clipav2.models.arch import get_arch
-    from clipav2.reduce.image import kept_tokens
-
-    patch = get_arch(cfg.model.name).vision.patch_size
-    n_patches = (stage.image_size // patch) ** 2
-    return kept_tokens(stage.image_reduction, n_patches, stage.image_mask_ratio, stage.grid_window)
+from clipav2.stage import resolve
 
 
 def stage_flops(cfg: Config, stage: StageConfig) -> int:
     """Training FLOPs of one sample in this stage (3 x forward, kept image tokens, stage text length)."""
-    from clipav2.models.arch import get_arch
-    from clipav2.models.flops import train_flops
-
-    return train_flops(get_arch(cfg.model.name), stage.image_size, kept_image_tokens(cfg, stage), stage.text_len)
+    return resolve(cfg, stage).train_flops_per_sample
 
 
 @dataclass
@@ -78,9 +67,9 @@ class Hardware:
 def plan(cfg: Config, hardware: Hardware | None = None) -> dict:
     """The plan as plain data (the `--json` document)."""
     rows = []
-    for s in cfg.stages:
-        per_sample = stage_flops(cfg, s)
-        rows.append(StagePlan(s.name, s.image_size, kept_image_tokens(cfg, s), s.text_len, s.samples, s.global_batch,
+    for s in (resolve(cfg, i) for i in range(len(cfg.stages))):
+        per_sample = s.train_flops_per_sample
+        rows.append(StagePlan(s.name, s.image_size, s.kept_image_tokens, s.text_len, s.samples, s.global_batch,
                               s.steps, s.warmup_steps, s.peak_lr, per_sample, per_sample * s.samples))
     doc = {"model": cfg.model.name, "total_train_flops": sum(r.train_flops for r in rows), "budget_usd": cfg.cost.budget_usd}
     if hardware is not None:

@@ -26,6 +26,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from clipav2.data.records import load_rgb, open_image
+from clipav2.eval.protocol import PROTOCOLS
+
+INTERPOLATIONS = ("bilinear", "bicubic")  # of the training crop: JAX's inception crop | open_clip's
+EVAL_KINDS = ("center_crop", "resize")  # stages[].eval_transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,10 +170,10 @@ class EvalTransform:
     protocol: str = "clipa"  # clipa: bilinear, antialiased (big_vision's ops) | open_clip: bicubic (torchvision)
 
     def __post_init__(self):
-        if self.kind not in ("center_crop", "resize"):
-            raise ValueError(f"eval transform {self.kind!r} is not one of center_crop, resize")
-        if self.protocol not in ("clipa", "open_clip"):
-            raise ValueError(f"eval protocol {self.protocol!r} is not one of clipa, open_clip")
+        if self.kind not in EVAL_KINDS:
+            raise ValueError(f"eval transform {self.kind!r} is not one of {', '.join(EVAL_KINDS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"eval protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
 
     def __call__(self, data: bytes) -> torch.Tensor:
         img = open_image(data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import string
 
+PROTOCOLS = ("clipa", "open_clip")  # eval.protocol
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 ATTENTION_BACKENDS = ("sdpa", "sdpa_flash", "sdpa_cudnn", "flash_attn", "xformers")
 
 POS_EMBEDS = ("sincos", "learned", "sincos_open_clip")
+GELUS = ("tanh", "exact")  # JAX's tanh approximation | open_clip's exact erf
 IMAGE_POOLS = ("avg", "tok", "avg_with_cls")
 TEXT_POOLS = ("last", "argmax")
 

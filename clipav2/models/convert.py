@@ -137,7 +137,8 @@ def load_weights(model: CLIP, state: dict[str, torch.Tensor]) -> CLIP:
     return model
 
 
-def _build_and_load(arch: ClipArch, state: dict) -> CLIP:
+def build_and_load(arch: ClipArch, state: dict) -> CLIP:
+    """A model of `arch` holding `state` (built on the meta device: nothing is initialised twice)."""
     with torch.device("meta"):
         model = CLIP(arch)
     return load_weights(model, state)
@@ -174,7 +175,7 @@ def from_open_clip(source, name: str, **overrides) -> CLIP:
     arch = get_arch(name, **{**OPEN_CLIP_CHOICES, **shape, **overrides})
     if arch.vision.pos_embed != "learned":  # a fixed sin-cos kind asked for: the stored table is not used
         ours.pop("visual.pos_embed", None)
-    return _finish(_build_and_load(arch, ours), size, length)
+    return _finish(build_and_load(arch, ours), size, length)
 
 
 def to_open_clip(model: CLIP) -> dict[str, torch.Tensor]:
@@ -280,11 +281,11 @@ def load_model(path, name: str | None = None, **overrides) -> CLIP:
         kinds = {k: options[k] for k in ("pos_embed", "gelu", "ln_eps") if k in options}
         return from_open_clip(path, info["arch"], **{**kinds, **overrides})
     size, length = overrides.pop("image_size", None), overrides.pop("context_length", None)
-    model = _build_and_load(get_arch(info["arch"], **{**options, **overrides}), load_file(path))
+    model = build_and_load(get_arch(info["arch"], **{**options, **overrides}), load_file(path))
     return _finish(model, size, length)
 
 
 __all__ = [
-    "from_open_clip", "load_model", "load_weights", "read_metadata", "read_state_dict",
+    "build_and_load", "from_open_clip", "load_model", "load_weights", "read_metadata", "read_state_dict",
     "save_model", "save_open_clip", "to_open_clip",
 ]

@@ -3,14 +3,15 @@ architecture). Checkpointing, compile and sharding are applied from outside
 (`clipav2.parallel.apply`)."""
 from torch import nn
 
+from clipav2.models.arch import GELUS
 from clipav2.models.attention import Attention
 
 
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int, gelu: str):
         super().__init__()
-        if gelu not in ("tanh", "exact"):
-            raise ValueError(f"gelu must be 'tanh' or 'exact', got {gelu!r}")
+        if gelu not in GELUS:
+            raise ValueError(f"gelu: {gelu!r} is not one of {', '.join(GELUS)}")
         self.fc1 = nn.Linear(width, hidden)
         self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.fc2 = nn.Linear(hidden, width)

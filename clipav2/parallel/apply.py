@@ -39,7 +39,7 @@ def checkpoint_flags(mode: str, depth: int) -> list[bool]:
         return [True] * depth
     k = mode[len("every_"):] if mode.startswith("every_") else ""
     if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"checkpointing must be 'none', 'all' or 'every_<k>' with k >= 1, got {mode!r}")
+        raise ValueError(f"checkpointing: {mode!r} is not one of none, all, every_<k> (k >= 1)")
     return [(i + 1) % int(k) == 0 for i in range(depth)]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from clipav2.config import grad_accum_steps
+from clipav2.stage import resolve
 from clipav2.optim import lr_at
 from clipav2.parallel.apply import apply_ac, apply_compile
 from clipav2.parallel.skips import SkipCounter
@@ -64,6 +64,9 @@ def to_host(results: list[StepResult]) -> list[StepResult]:
         out.append(replace(r, lr=float(host["lr"]), grad_norm=float(host["grad_norm"]), skipped=bool(host["skipped"]),
                            loss=float(host["loss"])))
     return out
+
+
+PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_params")  # parallel.precision (docs/engine.md)
 
 
 def resolve_precision(cfg, world) -> str:
@@ -131,8 +134,8 @@ class Strategy:
     def setup(self, model: torch.nn.Module, stage) -> None:
         """Apply the techniques to `model` (built on the CPU, fp32) in their fixed order and build
         a fresh optimizer and LR schedule (the optimizer is re-initialised between stages)."""
-        self.stage = stage
-        self.n_micro = grad_accum_steps(self.cfg, stage, self.world.world_size)
+        self.stage = resolve(self.cfg, stage, self.world.world_size)
+        self.n_micro = self.stage.grad_accum
         self.step_count = 0
         self.skips.new_stage()
         apply_ac(model, self.cfg.model.checkpointing)

@@ -22,11 +22,11 @@ import math
 import torch
 
 from clipav2 import compat
-from clipav2.config import micro_batch_of
 from clipav2.parallel.base import Strategy
 from clipav2.optim import build_optimizer
 
 TAG = "zero"
+ZERO_STAGES = (1, 2, 3)  # parallel.zero_stage
 
 
 def merge(ours: dict, theirs: dict) -> dict:
@@ -37,12 +37,12 @@ def merge(ours: dict, theirs: dict) -> dict:
     return out
 
 
-def deepspeed_config(cfg, stage, world_size: int, n_micro: int, precision: str) -> dict:
-    micro = micro_batch_of(cfg, stage, world_size)
+def deepspeed_config(cfg, stage, precision: str) -> dict:
+    """Ours for a resolved `stage` (clipav2.stage), with the user's JSON merged over it."""
     ours = {
         "train_batch_size": stage.global_batch,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": n_micro,
+        "train_micro_batch_size_per_gpu": stage.micro_batch,
+        "gradient_accumulation_steps": stage.grad_accum,
         "gradient_clipping": stage.grad_clip or 0.0,
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
         "bf16": {"enabled": precision == "bf16_params", "check_grad_overflow": True},
@@ -85,7 +85,7 @@ class DeepSpeedStrategy(Strategy):
 
         model = model.to(self.world.device)
         optimizer = build_optimizer(model, self.stage, self.cfg.parallel.bf16_momentum, fused=False)
-        config = deepspeed_config(self.cfg, self.stage, self.world.world_size, self.n_micro, self.precision)
+        config = deepspeed_config(self.cfg, self.stage, self.precision)
         self.ds_config = config
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
         compat.swap_checkpoint_engine(engine, _safe_checkpoint_engine)

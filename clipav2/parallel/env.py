@@ -111,16 +111,12 @@ def init_distributed(cfg) -> World:
     """Join the job's process group (once) and return this process's place in it.
 
     A lone process still gets a one-member group when the strategy needs one (ddp, fsdp and
-    deepspeed all call collectives); `single` with several processes is an error."""
+    deepspeed all call collectives). `single` under a launcher of several processes is refused
+    by the config's check against the world (`Config.validate`)."""
     info = launcher_env()
     strategy = cfg.parallel.strategy
     if info is None and strategy != "single":
         info = {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1", "master_port": _free_port()}
-    if info is not None and info["world_size"] > 1 and strategy == "single":
-        raise RuntimeError(
-            f"parallel.strategy: single runs one process but the launcher started {info['world_size']}; "
-            "use ddp, fsdp or deepspeed"
-        )
     cuda = torch.cuda.is_available()
     local_rank = info["local_rank"] if info else 0
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

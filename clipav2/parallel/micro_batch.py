@@ -21,36 +21,30 @@ RECORD = "micro_batch.json"
 RESERVE = 0.10
 
 
-def wanted(cfg, stage) -> bool:
-    return (stage.micro_batch or cfg.parallel.micro_batch) == "auto"
-
-
-def _towers(cfg, stage):
-    """[(tokens, width, depth)] of the two towers at this stage's shapes."""
-    from clipav2.cost.plan import kept_image_tokens
-    from clipav2.models.arch import get_arch
-
-    arch = get_arch(cfg.model.name)
-    v, t = arch.vision, arch.text
-    return [(kept_image_tokens(cfg, stage) + 1, v.width, v.depth), (stage.text_len, t.width, t.depth)]
+def _towers(stage):
+    """[(tokens, width, depth)] of the two towers of a resolved stage."""
+    v, t = stage.arch.vision, stage.arch.text
+    return [(stage.kept_image_tokens + 1, v.width, v.depth), (stage.text_len, t.width, t.depth)]
 
 
 def activation_bytes_per_sample(cfg, stage, precision: str) -> int:
     from clipav2.parallel.apply import checkpoint_flags
+    from clipav2.stage import resolve
 
     scale = 1 if precision.startswith("bf16") else 2
     total = 0
-    for tokens, width, depth in _towers(cfg, stage):
+    for tokens, width, depth in _towers(resolve(cfg, stage)):
         for recompute in checkpoint_flags(cfg.model.checkpointing, depth):
             total += (2 if recompute else 34) * tokens * width * scale
     return total
 
 
-def fixed_bytes(cfg, world_size: int) -> int:
+def fixed_bytes(cfg, world_size: int, arch=None) -> int:
+    """`arch`: the stage's (clipav2.stage.Stage.arch); default, the configured model's."""
     from clipav2.models.arch import get_arch
     from clipav2.models.flops import count_params
 
-    n = count_params(get_arch(cfg.model.name))["total"]
+    n = count_params(arch or get_arch(cfg.model.name))["total"]
     p = cfg.parallel
     weights, grads, adam = 4 * n, 4 * n, (6 if p.bf16_momentum else 8) * n
     if p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3):
@@ -62,9 +56,12 @@ def fixed_bytes(cfg, world_size: int) -> int:
 
 def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> dict:
     """The largest divisor of the per-rank batch the model says fits, with the figures behind it."""
+    from clipav2.stage import resolve
+
+    stage = resolve(cfg, stage)
     per_rank = stage.global_batch // world_size
     per_sample = activation_bytes_per_sample(cfg, stage, precision)
-    fixed = fixed_bytes(cfg, world_size)
+    fixed = fixed_bytes(cfg, world_size, stage.arch)
     room = device_bytes * (1 - RESERVE) - fixed
     fits = max(1, int(room // per_sample)) if room > 0 else 1
     micro = max(d for d in range(1, per_rank + 1) if per_rank % d == 0 and d <= fits)

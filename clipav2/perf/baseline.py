@@ -47,11 +47,21 @@ def _param_groups(model, weight_decay: float):
             {"params": [p for n, p in params if not exclude(n, p)], "weight_decay": weight_decay}]
 
 
-def open_clip_step(arch: ClipArch, stage, device: torch.device, checkpointing: bool, precision: str):
-    """Build open_clip's model and optimizer; return `step(micro_batches) -> loss tensor` (no sync)."""
+def patch_dropout(stage) -> float:
+    """open_clip's only token reduction is random patch dropout, which keeps int(N (1 - p)) of N
+    patches: the p that keeps the stage's count (clipav2.stage.Stage.kept_image_tokens) whatever its
+    strategy, so grid and block stages are compared at the same tokens, drawn at random."""
+    if stage.kept_image_tokens == stage.n_patches:
+        return 0.0
+    return 1 - (stage.kept_image_tokens + 0.5) / stage.n_patches
+
+
+def open_clip_step(stage, device: torch.device, checkpointing: bool, precision: str):
+    """open_clip's model for a resolved stage and its optimizer; return `step(micro_batches) -> loss
+    tensor` (no sync)."""
     from open_clip.loss import ClipLoss
 
-    model = build_open_clip(arch, stage.image_size, stage.text_len, stage.image_mask_ratio, device)
+    model = build_open_clip(stage.arch, stage.image_size, stage.text_len, patch_dropout(stage), device)
     model.train()
     if checkpointing:
         model.set_grad_checkpointing(True)

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from clipav2.config import load_config, micro_batch_of
-from clipav2.models.arch import get_arch
+from clipav2.config import load_config
 from clipav2.perf import inputs
 from clipav2.cost.mfu import peak_tflops
 from clipav2.parallel.env import device_name
 from clipav2.perf.result import Row
 from clipav2.perf.run import measure_row
 from clipav2.perf.search import largest_fitting
-from clipav2.cost.plan import kept_image_tokens, stage_flops
+from clipav2.stage import resolve
 
 
 @dataclass
@@ -54,29 +53,29 @@ def load_bench_config(path, overrides, stage_name, flags, micro, opts: BenchOpti
     base = list(overrides) + flag_overrides(flags)
     cfg = load_config(path, base)
     stage = cfg.stage(stage_name) if stage_name else cfg.stages[0]
-    micro = micro or micro_batch_of(cfg, stage, world_size)
+    micro = micro or cfg.micro_batch_of(stage, world_size)
     cfg = load_config(path, base + batch_overrides(stage.name, micro, opts, world_size), world_size=world_size,
                       check_data=opts.data)
-    return cfg, cfg.stage(stage.name)
+    return cfg, resolve(cfg, cfg.stage(stage.name), world_size)
 
 
 def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Row:
+    stage = resolve(cfg, stage, world.world_size)
     return Row(trainer=trainer, model=cfg.model.name, stage=stage.name, image_size=stage.image_size,
-               kept_image_tokens=kept_image_tokens(cfg, stage), text_len=stage.text_len,
+               kept_image_tokens=stage.kept_image_tokens, text_len=stage.text_len,
                device=device_name(world.device), world_size=world.world_size,
-               micro_batch=micro_batch_of(cfg, stage, world.world_size), grad_accum=opts.grad_accum,
+               micro_batch=stage.micro_batch, grad_accum=opts.grad_accum,
                steps=opts.steps, warmup=opts.warmup,
                flags={**flags, "torch": torch.__version__, "python": platform.python_version(),
                       "inputs": "loader" if opts.data else "synthetic uint8 on device"},
-               train_flops_per_sample=float(stage_flops(cfg, stage)),
+               train_flops_per_sample=float(stage.train_flops_per_sample),
                peak_tflops=opts.peak_tflops or peak_tflops(device_name(world.device)))
 
 
 def _batches(cfg, stage, world, opts: BenchOptions):
-    micro = micro_batch_of(cfg, stage, world.world_size)
+    stage = resolve(cfg, stage, world.world_size)
     if not opts.data:
-        vocab = get_arch(cfg.model.name).text.vocab_size
-        return inputs.synthetic_batches(micro, stage.image_size, stage.text_len, vocab, opts.grad_accum,
+        return inputs.synthetic_batches(stage.micro_batch, stage.image_size, stage.text_len, stage.arch.text.vocab_size, opts.grad_accum,
                                         world.device, seed=cfg.seed + world.rank)
     from clipav2.data import build_train_loader
     from clipav2.text import make_text_transform
@@ -103,18 +102,16 @@ def bench_open_clip(cfg, stage, world, opts: BenchOptions) -> Row:
 
     if world.world_size > 1:
         raise ValueError("--baseline open_clip runs in one process: launch the benchmark without torchrun")
+    stage = resolve(cfg, stage, world.world_size)
     precision = resolve_precision(cfg, world)
     ckpt = cfg.model.checkpointing != "none"  # open_clip can only checkpoint every block
     flags = dict(precision=precision, strategy="single", compile=False, attention="open_clip default",
                  checkpointing="all" if ckpt else "none", optimizer="torch AdamW (foreach)")
+    if stage.image_reduction not in ("resize", "random"):
+        flags["patch_dropout"] = f"random, keeping {stage.kept_image_tokens} of {stage.n_patches} (open_clip has no {stage.image_reduction})"
     row = _row("open_clip", cfg, stage, world, opts, flags)
-    arch = get_arch(cfg.model.name, **_arch_options(cfg))
-    make = lambda: open_clip_step(arch, stage, world.device, ckpt, precision)  # noqa: E731
+    make = lambda: open_clip_step(stage, world.device, ckpt, precision)  # noqa: E731
     return measure_row(row, make, _batches(cfg, stage, world, opts), world.device)
-
-
-def _arch_options(cfg) -> dict:
-    return dict(gelu=cfg.model.gelu, ln_eps=cfg.model.ln_eps)
 
 
 def search_micro_batch(path, overrides, stage_name, flags, opts: BenchOptions, world, start: int) -> int:
@@ -134,7 +131,7 @@ def run_bench(path, overrides, cfg, stage, flags, opts: BenchOptions, auto_batch
 
     world = init_distributed(cfg)
     if auto_batch:
-        start = micro_batch_of(cfg, stage, world.world_size)
+        start = stage.micro_batch
         micro = search_micro_batch(path, overrides, stage.name, flags, opts, world, min(start, opts.search_max))
         cfg, stage = load_bench_config(path, overrides, stage.name, flags, micro, opts, world.world_size)
     rows = [bench_ours(cfg, stage, world, opts)]

@@ -65,6 +65,7 @@ def syntax_pieces(pieces: Sequence, k: int, rng: Optional[_random.Random] = None
 @dataclass(frozen=True)
 class TextReduction:
     select: Callable
+    describe: str  # how the stage header names it
     priorities: str = ""  # "" | "table": one per vocabulary entry | "context": each word tagged in its sentence
     words: bool = False  # ranks whole words: needs each piece's word index
     randomized: bool = False  # draws from the per-sample generator
@@ -75,12 +76,12 @@ class TextReduction:
 
 
 REDUCTIONS = {
-    "truncate": TextReduction(truncate),
-    "random": TextReduction(random, randomized=True),
-    "block": TextReduction(block, randomized=True),
-    "syntax": TextReduction(syntax, priorities="table", words=True),
-    "syntax_pieces": TextReduction(syntax_pieces, priorities="table"),
-    "syntax_context": TextReduction(syntax_pieces, priorities="context"),  # open_clip's tagging
+    "truncate": TextReduction(truncate, "truncated"),
+    "random": TextReduction(random, "random words kept", randomized=True),
+    "block": TextReduction(block, "a random block kept", randomized=True),
+    "syntax": TextReduction(syntax, "syntax mask", priorities="table", words=True),
+    "syntax_pieces": TextReduction(syntax_pieces, "syntax mask over pieces", priorities="table"),
+    "syntax_context": TextReduction(syntax_pieces, "syntax mask in context", priorities="context"),  # open_clip's tagging
 }
 
 

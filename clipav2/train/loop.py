@@ -15,6 +15,7 @@ import contextlib
 import gc
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
@@ -51,6 +52,19 @@ def prepare_demo_data(cfg, world) -> None:
     _barrier(world)
     cfg.data.train = cfg.data.train or str(root / "train")
     cfg.data.eval = cfg.data.eval or str(root / "eval")
+
+
+@dataclass
+class _StageRun:
+    """One stage in progress: what its steps, logs and saves share."""
+    stage: object  # the resolved stage (clipav2.stage.Stage)
+    strategy: object
+    ckpt: object
+    loader: object
+    runner: object
+    periodic: object
+    step: int = 0
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -125,112 +139,127 @@ class Trainer:
 
     # ------------------------------------------------------------------ one stage
     def run_stage(self, index: int) -> int:
+        run = self._set_up(index)
+        if run is None:  # the budget was spent before the first step of a resubmitted run
+            return exitcodes.BUDGET
+        code = self._train(run)
+        return code if code is not None else self._end_stage(run)
+
+    def _set_up(self, index: int) -> _StageRun | None:
+        """The stage's model, resolved stage, engine, resumed state and loader (None: over budget)."""
         from clipav2.data import build_train_loader
         from clipav2.data.loader import host_memory_note
-        from clipav2.parallel import micro_batch
         from clipav2.eval.periodic import PeriodicEval
-        from clipav2.cost.plan import kept_image_tokens
-        from clipav2.models.arch import get_arch
-        from clipav2.parallel import build_strategy
+        from clipav2.parallel import build_strategy, micro_batch
+        from clipav2.stage import resolve
         from clipav2.text import make_text_transform
-        from clipav2.train.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
-        from clipav2.train.faults import FaultMonitor, nonfinite_weights
+        from clipav2.train.checkpoint import CheckpointManager, fingerprint, set_rng_state
         from clipav2.train.step import StepRunner
 
-        cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
-        ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / stage.name)
+        cfg, world = self.cfg, self.world
+        ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / cfg.stages[index].name)
         has_ckpt = bool(ckpt.complete())
         model = build_stage_model(cfg, index, self.run_dir)
+        stage = resolve(cfg, index, world.world_size, arch=model.arch)  # the model it really is
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
-        if micro_batch.wanted(cfg, stage):  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
+        if stage.auto_micro_batch:  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
             fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
-            stage.micro_batch = fit["micro_batch"]
+            stage = stage.with_micro_batch(cfg, fit["micro_batch"])
             _say(world, micro_batch.explain(stage.name, fit))
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
-        extra = ckpt.resume(strategy) if has_ckpt else None
-        extra = extra or {}
+        extra = (ckpt.resume(strategy) if has_ckpt else None) or {}
         if extra.get("rng"):
             set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
-            return exitcodes.BUDGET
+            return None
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         _say(world, host_memory_note(loader, stage))
-        runner = StepRunner(strategy, stage, index, cfg.seed, get_arch(cfg.model.name).vision.patch_size)
-        periodic = PeriodicEval(cfg, index, world)
-        monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
-        n_micro = strategy.n_micro
-        step = int(extra.get("step", 0))
-        skipped_steps = int(extra.get("skipped_steps", 0))
-        tokens = runner.grid[0] * runner.grid[1]
-        _say(world, stage_header(stage, index, len(cfg.stages), kept_image_tokens(cfg, stage), tokens,
-                                 world.world_size, n_micro, step))
+        run = _StageRun(stage, strategy, ckpt, loader, StepRunner(strategy, cfg.seed), PeriodicEval(cfg, index, world),
+                        step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
+        _say(world, stage_header(stage, len(cfg.stages), run.step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
+        return run
 
-        def save(at_step: int, budget_stop: float | None = None) -> None:
-            with self._timed(stage.name, "checkpoint"):
-                state = {"stage": stage.name, "step": at_step, "samples_seen": at_step * stage.global_batch,
-                         "skipped_steps": skipped_steps, "data": loader.state_dict(), "rng": rng_state(),
-                         "budget_stop": budget_stop}
-                if self.ledger is not None:
-                    self.ledger.set_progress(stage.name, at_step, at_step * stage.global_batch)
-                    state["ledger"] = self.ledger.state_dict()
-                ckpt.save(strategy, at_step, state)
+    def _save(self, run: _StageRun, budget_stop: float | None = None) -> None:
+        from clipav2.train.checkpoint import rng_state
 
+        stage, step = run.stage, run.step
+        with self._timed(stage.name, "checkpoint"):
+            state = {"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
+                     "skipped_steps": run.skipped_steps, "data": run.loader.state_dict(), "rng": rng_state(),
+                     "budget_stop": budget_stop}
+            if self.ledger is not None:
+                self.ledger.set_progress(stage.name, step, step * stage.global_batch)
+                state["ledger"] = self.ledger.state_dict()
+            run.ckpt.save(run.strategy, step, state)
+
+    def _train(self, run: _StageRun) -> int | None:
+        """The stage's steps, with logging, evaluation and checkpoints; an exit code if it stopped early."""
+        from clipav2.train.faults import FaultMonitor
+
+        cfg, world, stage = self.cfg, self.world, run.stage
+        monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
         audit = _KeyAudit(self.run_dir, world.rank) if cfg.log.sample_keys else None
-        self.metrics.start_stage(stage.name, stage.steps, step, index, periodic.offset)
-        batches = iter(loader)
+        self.metrics.start_stage(stage.name, stage.steps, run.step, stage.index, run.periodic.offset)
+        batches = iter(run.loader)
         window = _Window()
-        first_step = step
-        while step < stage.steps:
+        first_step = run.step
+        while run.step < stage.steps:
             t_wait = time.perf_counter()
-            micro = [next(batches) for _ in range(n_micro)]
+            micro = [next(batches) for _ in range(stage.grad_accum)]
             t_step = time.perf_counter()
             if audit is not None:
-                audit.write(stage.name, step, micro)
-            if step == first_step:  # the stage's first step: say which kernel ran
-                result = self._first_step(runner, micro, step)
+                audit.write(stage.name, run.step, micro)
+            if run.step == first_step:  # the stage's first step: say which kernel ran
+                result = self._first_step(run.runner, micro, run.step)
             else:
-                result = runner.run(micro, step)  # device tensors: no host sync here
+                result = run.runner.run(micro, run.step)  # device tensors: no host sync here
             t_done = time.perf_counter()
-            step += 1
+            run.step += 1
             self._charge(stage.name, "data_wait", t_step - t_wait)
             self._charge(stage.name, "train", t_done - t_step)
-            window.add(result, t_step - t_wait, runner)
+            window.add(result, t_step - t_wait, run.runner)
             stop, report = None, None
-            if step % cfg.log.every_steps == 0 or step == stage.steps:
-                report = strategy.skips.read()  # the interval's one device->host read, with the window's
-                skipped_steps = report.total
-                stop = self._log(stage, step, window, loader, skipped_steps, ckpt, periodic)
-            code = monitor.after_step(step, result, report)
+            if run.step % cfg.log.every_steps == 0 or run.step == stage.steps:
+                report = run.strategy.skips.read()  # the interval's one device->host read, with the window's
+                run.skipped_steps = report.total
+                stop = self._log(run, window)
+            code = monitor.after_step(run.step, result, report)
             if code is not None or stop is not None:
-                save(step, budget_stop=self.guard.limit_usd if stop is not None and self.guard else None)
+                self._save(run, budget_stop=self.guard.limit_usd if stop is not None and self.guard else None)
                 self.metrics.close_bar()
-                msg = monitor.message if code is not None else self.guard_message()
-                _say(world, msg)
+                _say(world, monitor.message if code is not None else self.guard_message())
                 return code if code is not None else exitcodes.BUDGET
-            if periodic.due(step, at_log_step=report is not None):
-                self._evaluate(index, step, lambda: periodic.run(strategy), "periodic")
-            if step < stage.steps and ckpt.due(step):
-                save(step)
+            if run.periodic.due(run.step, at_log_step=report is not None):
+                self._evaluate(stage.index, run.step, lambda: run.periodic.run(run.strategy), "periodic")
+            if run.step < stage.steps and run.ckpt.due(run.step):
+                self._save(run)
         self.metrics.close_bar()
-        _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, loader.skipped))}")
+        return None
+
+    def _end_stage(self, run: _StageRun) -> int:
+        """The final weights (checked finite), the stage-end evaluation and the weights file."""
+        from clipav2.train.faults import nonfinite_weights
+
+        world, stage = self.world, run.stage
+        _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, run.loader.skipped))}")
         t = time.perf_counter()
-        full = strategy.full_state_dict()
+        full = run.strategy.full_state_dict()
         bad = nonfinite_weights(full) if world.is_main else None
         if any_rank(world, bad is not None):
             _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
                         f"not written, exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
-        del strategy, runner
-        loader.close()
+        run.strategy = run.runner = None  # the engine's memory goes before the evaluation's
+        run.loader.close()
         gc.collect()
-        eval_seconds = self._finish_stage(index, full, step)  # charged as eval there
+        eval_seconds = self._finish_stage(stage, full, run.step)  # charged as eval there
         self._charge(stage.name, "checkpoint", max(time.perf_counter() - t - eval_seconds, 0.0))
         if self.ledger is not None:
             self.ledger.write(self.run_dir)
@@ -255,14 +284,14 @@ class Trainer:
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"
 
-    def _log(self, stage, step, window, loader, skipped_steps, ckpt, periodic):
+    def _log(self, run: _StageRun, window) -> str | None:
         """Log (main rank) and ask the budget guard; collective: returns "stop" on every rank or None."""
         from clipav2.cost.projection import project
         from clipav2.cost.mfu import mfu
 
-        world, stop = self.world, False
+        world, stop, stage, step = self.world, False, run.stage, run.step
         stats = window.close(step)  # the one device sync of the interval
-        skipped = summed_over_ranks(world, loader.skipped)  # every rank's records, by reason
+        skipped = summed_over_ranks(world, run.loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
             self.ledger.set_progress(stage.name, step, step * stage.global_batch)
@@ -271,12 +300,12 @@ class Trainer:
             peak = self.accel.peak_flops / 1e12 if self.accel.peak_flops else None
             record = {
                 "stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
-                "recipe_samples": periodic.recipe_samples(step), "loss": stats["loss"], "lr": stats["lr"], "logit_scale": stats["logit_scale"],
+                "recipe_samples": run.periodic.recipe_samples(step), "loss": stats["loss"], "lr": stats["lr"], "logit_scale": stats["logit_scale"],
                 "samples_per_s": sps, "samples_per_s_per_gpu": per_gpu,
-                "mfu": mfu(self.flops[stage.name], per_gpu, peak) or 0.0,
+                "mfu": mfu(stage.train_flops_per_sample, per_gpu, peak) or 0.0,
                 "data_wait_frac": stats["data_wait"] / max(stats["seconds"], 1e-9),
                 "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
-                "skipped_samples": int(sum(skipped.values())), "skipped_by_reason": skipped, "skipped_steps": skipped_steps,
+                "skipped_samples": int(sum(skipped.values())), "skipped_by_reason": skipped, "skipped_steps": run.skipped_steps,
                 "grad_norm": stats["grad_norm"],
                 "projected_cost_usd": projection["projected_total_usd"] if projection else None,
                 "time": time.time(),
@@ -284,7 +313,7 @@ class Trainer:
             self.metrics.log(record, stats["steps"])
             self.ledger.write(self.run_dir, projection=projection)
             seconds_per_step = stats["seconds"] / max(stats["steps"], 1)
-            to_next = min(ckpt.every_steps - step % ckpt.every_steps, stage.steps - step) * seconds_per_step
+            to_next = min(run.ckpt.every_steps - step % run.ckpt.every_steps, stage.steps - step) * seconds_per_step
             decision = self.guard.check(self.ledger, record["projected_cost_usd"], to_next)
             stop = decision == "stop"
         return "stop" if any_rank(world, stop) else None
@@ -314,19 +343,18 @@ class Trainer:
         self.metrics.say(describe(stage.name, result) + f" at {record['recipe_samples']:,} samples, ${record['cost_usd']:.4g}")
         return seconds
 
-    def _finish_stage(self, index: int, full: dict, step: int) -> float:
+    def _finish_stage(self, stage, full: dict, step: int) -> float:
         """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors (written
         even when the evaluation fails). Returns the evaluation's seconds."""
         from clipav2.eval.run import evaluate
-        from clipav2.models.convert import load_weights, save_model
-        cfg, world, stage = self.cfg, self.world, self.cfg.stages[index]
+        from clipav2.models.convert import build_and_load, save_model
+        cfg, world = self.cfg, self.world
         eval_seconds = 0.0
         if world.is_main:
-            model = build_stage_model(cfg, index, self.run_dir)  # the stage's architecture, then its weights
-            load_weights(model, {k: v.float() for k, v in full.items()})
+            model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
             try:
                 if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                    eval_seconds = self._evaluate(index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
+                    eval_seconds = self._evaluate(stage.index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
             finally:  # an evaluation that fails must not cost the stage its weights
                 self.ledger.set_progress(stage.name, step, step * stage.global_batch)
                 save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,

@@ -31,20 +31,22 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", category=category, message=r".*torch\.distributed\.checkpoint")
 
 
-def stage_header(stage, index: int, n_stages: int, kept: int, tokens: int, ranks: int, n_micro: int, step: int) -> str:
-    """e.g. "[finetune] stage 2 of 2: 64 px images, 48 of 64 patches kept (random mask 25%),
-    captions at 32 tokens (truncated); 64 steps x 128 samples on 1 rank (1 micro-step each),
-    peak LR 0.0005"."""
-    if stage.image_reduction == "resize" or kept == tokens:
-        image = f"{stage.image_size} px images ({tokens} patches)"
+def stage_header(stage, n_stages: int, step: int) -> str:
+    """For a resolved stage (clipav2.stage), e.g. "[finetune] stage 2 of 2: 64 px images, 48 of 64
+    patches kept (random mask 25%), captions at 32 tokens (truncated); 64 steps x 128 samples on
+    1 rank (1 micro-step each), peak LR 0.0005"."""
+    from clipav2.reduce import image, text
+
+    kept, tokens = stage.kept_image_tokens, stage.n_patches
+    if kept == tokens:
+        pixels = f"{stage.image_size} px images ({tokens} patches)"
     else:
-        how = {"random": f"random mask {stage.image_mask_ratio:.0%}", "block": f"block mask {stage.image_mask_ratio:.0%}",
-               "grid": f"one per {stage.grid_window}x{stage.grid_window} grid window"}[stage.image_reduction]
-        image = f"{stage.image_size} px images, {kept} of {tokens} patches kept ({how})"
-    text = {"truncate": "truncated", "random": "random words kept", "block": "a random block kept",
-            "syntax": "syntax mask", "syntax_context": "syntax mask in context"}.get(stage.text_reduction, stage.text_reduction)
+        how = image.get(stage.image_reduction).describe(stage.image_mask_ratio, stage.grid_window)
+        pixels = f"{stage.image_size} px images, {kept} of {tokens} patches kept ({how})"
+    words = text.get(stage.text_reduction).describe
+    ranks, n_micro = stage.world_size, stage.grad_accum
     micro = f"{n_micro} micro-step{'s' if n_micro > 1 else ''} each"
-    line = (f"[{stage.name}] stage {index + 1} of {n_stages}: {image}, captions at {stage.text_len} tokens ({text}); "
+    line = (f"[{stage.name}] stage {stage.index + 1} of {n_stages}: {pixels}, captions at {stage.text_len} tokens ({words}); "
             f"{stage.steps:,} steps x {stage.global_batch:,} samples on {ranks} rank{'s' if ranks > 1 else ''} ({micro}), "
             f"peak LR {stage.peak_lr:.3g}")
     return line + (f"; resuming at step {step:,}" if step else "")

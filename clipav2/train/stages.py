@@ -20,12 +20,6 @@ def stage_weights(run_dir, stage_name: str) -> Path:
     return Path(run_dir) / f"{stage_name}.safetensors"
 
 
-def model_options(cfg) -> dict:
-    """The model switches of the config that `create_model` takes as overrides."""
-    m = cfg.model
-    return dict(pos_embed=m.pos_embed, gelu=m.gelu, ln_eps=m.ln_eps, attention=m.attention)
-
-
 def enter_stage(model, stage) -> None:
     """Resize the model for `stage`; the weights (temperature included) stay as they are."""
     if stage.pos_embed == "learned":  # before the resize, so the table is resampled, not recomputed
@@ -42,7 +36,15 @@ def _fresh(cfg, image_size: int, text_len: int):
     from clipav2 import create_model
 
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights (FSDP2 does not broadcast)
-    return create_model(cfg.model.name, image_size=image_size, context_length=text_len, **model_options(cfg))
+    return create_model(cfg.model.name, image_size=image_size, context_length=text_len, **cfg.model.options())
+
+
+def fresh_model(cfg, stage):
+    """A freshly initialised model (from `seed`), resized for `stage`: the first stage's start,
+    and what the benchmark times."""
+    model = _fresh(cfg, stage.image_size, stage.text_len)
+    enter_stage(model, stage)
+    return model
 
 
 def _carried(path, cfg, stage):
@@ -73,6 +75,4 @@ def build_stage_model(cfg, index: int, run_dir):
         if not path.is_file():
             raise FileNotFoundError(f"stage {stage.name!r} starts from stage {prev.name!r}, but {path} is missing: run that stage first")
         return _carried(path, cfg, stage)
-    model = _fresh(cfg, stage.image_size, stage.text_len)
-    enter_stage(model, stage)
-    return model
+    return fresh_model(cfg, stage)

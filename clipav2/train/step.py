@@ -23,6 +23,7 @@ from clipav2.data import normalize
 from clipav2.loss import clip_loss
 from clipav2.optim import skip_step_on_device
 from clipav2.parallel.base import StepResult
+from clipav2.reduce.image import keep_indices
 
 
 def keep_seed(seed: int, stage_index: int, step: int, rank: int, micro: int) -> int:
@@ -99,15 +100,12 @@ def train_step(strategy, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepRe
 
 
 class StepRunner:
-    """Builds the per-micro-batch inputs of the loader's batches and runs `train_step`."""
+    """Builds the per-micro-batch inputs of the loader's batches and runs `train_step`, for the
+    stage the strategy is set up for (its resolved `clipav2.stage.Stage`)."""
 
-    def __init__(self, strategy, stage, stage_index: int, seed: int, patch_size: int):
-        from clipav2.reduce.image import keep_indices
-
-        self.strategy, self.stage, self.stage_index, self.seed = strategy, stage, stage_index, seed
+    def __init__(self, strategy, seed: int):
+        self.strategy, self.stage, self.seed = strategy, strategy.stage, seed
         self.world = strategy.world
-        self.grid = (stage.image_size // patch_size, stage.image_size // patch_size)
-        self._keep_indices = keep_indices
         self.last_scale = None  # the exponentiated temperature of the last forward (device tensor)
 
     def inputs(self, batch: dict, step: int, micro: int):
@@ -116,9 +114,9 @@ class StepRunner:
         images = normalize(batch["images"].to(device, non_blocking=True))
         ids = batch["text"].to(device, non_blocking=True)
         gen = torch.Generator(device=device)
-        gen.manual_seed(keep_seed(self.seed, self.stage_index, step, self.world.rank, micro))
         s = self.stage
-        keep = self._keep_indices(s.image_reduction, self.grid, images.shape[0], s.image_mask_ratio, s.grid_window, gen, device)
+        gen.manual_seed(keep_seed(self.seed, s.index, step, self.world.rank, micro))
+        keep = keep_indices(s.image_reduction, s.grid, images.shape[0], s.image_mask_ratio, s.grid_window, gen, device)
         return images, ids, keep
 
     def run(self, batches: list[dict], step: int) -> StepResult:
