@@ -372,7 +372,7 @@ class Config:
                 raise ConfigError(f"stages.{s.name}.name: duplicate stage name")
             seen.add(s.name)
             if world_size is not None:
-                self.batch_split(s, world_size)
+                self._check_split(s, world_size)
         return self
 
     def micro_batch_setting(self, stage: StageConfig) -> int | str:
@@ -381,22 +381,26 @@ class Config:
 
     def micro_batch_of(self, stage: StageConfig, world_size: int) -> int:
         """The configured micro-batch per rank; `auto` not yet fitted to the device
-        (clipav2.parallel.micro_batch) is the whole per-rank batch. Unchecked: see `batch_split`."""
+        (clipav2.parallel.micro_batch) is the whole per-rank batch."""
         micro = self.micro_batch_setting(stage)
-        return stage.global_batch // world_size if micro == "auto" else micro
+        return max(1, stage.global_batch // world_size) if micro == "auto" else micro
 
     def batch_split(self, stage: StageConfig, world_size: int, micro: int | None = None) -> tuple[int, int]:
         """(micro-batch per rank, micro-steps per optimizer step) of `stage` on `world_size` ranks,
-        at `micro` or the configured micro-batch; a ConfigError if the global batch does not split."""
+        at `micro` or the configured micro-batch. `validate(world_size)` checks that they make up
+        the global batch."""
         micro = micro or self.micro_batch_of(stage, world_size)
-        key, accum = f"stages.{stage.name}.global_batch", self.parallel.grad_accum
-        if accum is None:
-            if micro < 1 or stage.global_batch % (world_size * micro):
-                raise ConfigError(f"{key}: {stage.global_batch} is not divisible by world size {world_size} x micro_batch {micro}")
-            return micro, stage.global_batch // (world_size * micro)
-        if stage.global_batch != world_size * micro * accum:
-            raise ConfigError(f"{key}: {stage.global_batch} != world size {world_size} x micro_batch {micro} x grad_accum {accum}")
-        return micro, accum
+        return micro, self.parallel.grad_accum or max(1, stage.global_batch // (world_size * micro))
+
+    def _check_split(self, stage: StageConfig, world_size: int) -> None:
+        micro, accum = self.batch_split(stage, world_size)
+        if world_size * micro * accum == stage.global_batch:
+            return
+        key = f"stages.{stage.name}.global_batch"
+        if self.parallel.grad_accum is None:
+            raise ConfigError(f"{key}: {stage.global_batch} is not divisible by world size {world_size} x micro_batch {micro}")
+        raise ConfigError(f"{key}: {stage.global_batch} != world size {world_size} x micro_batch {micro} x grad_accum {accum}")
+
 
 # ---------------------------------------------------------------- building from plain data
 

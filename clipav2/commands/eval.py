@@ -57,24 +57,40 @@ def checkpoint_kind(path: str):
     raise ConfigError(f"--checkpoint: no such file {path!r}")
 
 
+def _eval_sets(cfg, args) -> None:
+    """--data / --retrieval over the config's sets (the demo's generated set by default), checked."""
+    if cfg.data.demo and not cfg.data.eval:
+        cfg.data.eval = str(Path(cfg.run_dir) / "demo_data" / "eval")
+    cfg.data.eval = args.data or cfg.data.eval
+    cfg.data.retrieval = args.retrieval or cfg.data.retrieval
+    if not cfg.data.eval and not cfg.data.retrieval:
+        raise ConfigError("--data: no evaluation set (give --data / --retrieval, or data.eval in the config)")
+    for key, path in (("--data", cfg.data.eval), ("--retrieval", cfg.data.retrieval)):
+        if path and not Path(path).exists():
+            from clipav2.data import expand_urls
+
+            try:
+                expand_urls(path)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+
+
+def _load(args, cfg, step_dir):
+    """The model of a weights file or of a checkpoint step directory (any engine)."""
+    if step_dir is not None:
+        from clipav2.train.consolidate import load_step_model
+
+        return load_step_model(step_dir, cfg)[0]
+    from clipav2.models.convert import load_model
+
+    return load_model(args.checkpoint, name=cfg.model.name, attention=cfg.model.attention)
+
+
 def main(args) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         step_dir = checkpoint_kind(args.checkpoint)
-        if cfg.data.demo and not cfg.data.eval:
-            cfg.data.eval = str(Path(cfg.run_dir) / "demo_data" / "eval")
-        cfg.data.eval = args.data or cfg.data.eval
-        cfg.data.retrieval = args.retrieval or cfg.data.retrieval
-        if not cfg.data.eval and not cfg.data.retrieval:
-            raise ConfigError("--data: no evaluation set (give --data / --retrieval, or data.eval in the config)")
-        for key, path in (("--data", cfg.data.eval), ("--retrieval", cfg.data.retrieval)):
-            if path and not Path(path).exists():
-                from clipav2.data import expand_urls
-
-                try:
-                    expand_urls(path)
-                except (FileNotFoundError, ValueError) as e:
-                    raise ConfigError(f"{key}: {e}") from None
+        _eval_sets(cfg, args)
         stage = _choose_stage(cfg, args, step_dir)
     except (ConfigError, WeightsFileError) as e:
         print(f"clipav2 eval: {e}", file=sys.stderr)
@@ -84,17 +100,11 @@ def main(args) -> int:
 
     from clipav2.eval.run import describe, evaluate
     from clipav2.eval.sets import ClassMismatch
-    from clipav2.models.convert import load_model
     from clipav2.train.stages import enter_stage
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        if step_dir is not None:
-            from clipav2.train.consolidate import load_step_model
-
-            model = load_step_model(step_dir, cfg)[0]
-        else:
-            model = load_model(args.checkpoint, name=cfg.model.name, attention=cfg.model.attention)
+        model = _load(args, cfg, step_dir)
     except (OSError, ValueError, KeyError) as e:
         print(f"clipav2 eval: --checkpoint: {' '.join(str(e).split())}", file=sys.stderr)
         return exitcodes.CONFIG
