@@ -409,19 +409,59 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _as_float(value, key: str) -> float:
+    if isinstance(value, str):  # PyYAML reads 8e-6 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):  # NaN passes every range check, inf breaks the schedule
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _as_int(value, key: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _as_bool(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _as_str(value, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+_SCALARS = {float: _as_float, int: _as_int, bool: _as_bool, str: _as_str}
+
+
+def _coerce_union(value, tp, key: str):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+        return None
+    for arg in args[:-1]:  # the first type the value fits (e.g. int | "auto")
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    return _coerce(value, args[-1], key)
+
+
 def _coerce(value, tp, key: str):
     """Check `value` against the annotation `tp` (converting YAML's lists to tuples)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        for arg in args[:-1]:  # the first type the value fits (e.g. int | "auto")
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        return _coerce(value, args[-1], key)
+        return _coerce_union(value, tp, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:
@@ -435,31 +475,8 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         names = [v.get("name") if isinstance(v, dict) else None for v in value]
         return [_coerce(v, arg, f"{key}.{n}" if n else f"{key}[{i}]") for i, (v, n) in enumerate(zip(value, names))]
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads 8e-6 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # NaN passes every range check below, inf breaks the schedule
-            raise ConfigError(f"{key}: {value!r} is not a finite number")
-        return float(value)
-    if tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 

@@ -56,6 +56,13 @@ def stage_arch(cfg: Config, stage: StageConfig) -> ClipArch:
     return get_arch(cfg.model.name, image_size=stage.image_size, context_length=stage.text_len, **options)
 
 
+def _index(cfg: Config, stage: StageConfig) -> int:
+    for i, s in enumerate(cfg.stages):
+        if s is stage or s == stage:
+            return i
+    raise ValueError(f"stage {stage.name!r} is not a stage of this config ({[s.name for s in cfg.stages]})")
+
+
 def resolve(cfg: Config, stage: int | StageConfig | Stage, world_size: int | None = None,
             arch: ClipArch | None = None) -> Stage:
     """The stage (an index, a StageConfig of `cfg`, or a Stage) resolved for `world_size` ranks."""
@@ -66,7 +73,7 @@ def resolve(cfg: Config, stage: int | StageConfig | Stage, world_size: int | Non
         if arch is None and world_size in (None, stage.world_size):
             return stage
         stage = stage.config
-    index = stage if isinstance(stage, int) else next(i for i, s in enumerate(cfg.stages) if s is stage or s == stage)
+    index = stage if isinstance(stage, int) else _index(cfg, stage)
     s = cfg.stages[index]
     arch = arch or stage_arch(cfg, s)
     side = s.image_size // arch.vision.patch_size

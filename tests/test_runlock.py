@@ -36,6 +36,23 @@ def test_a_live_holder_is_named_and_refused(tmp_path):
     RunLock(tmp_path, say=_quiet).acquire().release()
 
 
+def test_a_creator_stopped_while_writing_its_record_leaves_no_empty_lock(tmp_path, monkeypatch):
+    """The lock never exists without its record: another run would otherwise wait out the whole
+    lease before taking over a file it cannot read."""
+    import clipav2.train.runlock as runlock
+
+    def die(fd):
+        assert not (tmp_path / LOCK).exists()  # mid-write: nothing for another run to see yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runlock.os, "fsync", die)
+    with pytest.raises(KeyboardInterrupt):
+        RunLock(tmp_path, say=_quiet).acquire()
+    monkeypatch.undo()
+    assert not (tmp_path / LOCK).exists() and list(tmp_path.iterdir()) == []
+    RunLock(tmp_path, say=_quiet).acquire().release()  # the next run starts at once
+
+
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

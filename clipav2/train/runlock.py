@@ -1,12 +1,14 @@
 """One run per RUN_DIR: an exclusive lock held for the life of `clipav2 train`.
 
-    RUN_DIR/.lock     {"host", "pid", "since", "token"}: created with O_CREAT | O_EXCL, its
-                      modification time refreshed every `heartbeat_s` by the holder
+    RUN_DIR/.lock     {"host", "pid", "since", "token"}: created exclusively, with its record
+                      (a hard link of a private file), its modification time refreshed every
+                      `heartbeat_s` by the holder
 
 Why not fcntl/flock: on NFS they depend on the lock daemon (often off, or silently local-only
 with `nolock`), on Lustre on the `flock` mount option, and a lock held by a dead node lingers
 until the server notices. An exclusive create is atomic on local disks, NFSv3+ and Lustre, and a
-file survives for all to read: who holds the run, since when.
+file survives for all to read: who holds the run, since when. (An exclusive `link` is the
+classic NFS-safe lock: the same guarantee, and the file never exists without its record.)
 
 A lock whose holder is gone is taken over:
 - same host and pid namespace: the holder's pid no longer exists (or is another process now): at once;
@@ -113,16 +115,25 @@ class RunLock:
 
     # ------------------------------------------------------------------ pieces
     def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+        """Create the lock with its record in one step: the record goes to a private file, which
+        is then hard-linked to RUN_DIR/.lock, failing if that exists (atomic on local disks, NFS
+        and Lustre). No reader ever sees the lock empty, even if its creator stops or dies between
+        create and write. Where hard links are not supported, an exclusive create, then the write."""
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()), "pidns": _pid_namespace(),
                   "since": time.time(), "token": self.token}
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
+        mine = self.path.with_name(f"{LOCK}.{self.token}")
+        try:
+            _write_json(mine, os.open(mine, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), record)
+            os.link(mine, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                _write_json(self.path, os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), record)
+            except FileExistsError:
+                return False
+        finally:
+            mine.unlink(missing_ok=True)
         return True
 
     def _read_raw(self) -> bytes | None:
@@ -201,6 +212,13 @@ class RunLock:
                 os.utime(self.path)
             except FileNotFoundError:
                 pass
+
+
+def _write_json(path: Path, fd: int, record: dict) -> None:
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _parse(raw: bytes) -> dict | None:
