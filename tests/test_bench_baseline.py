@@ -26,3 +26,21 @@ def test_open_clip_keeps_the_stage_count(size, extra):
     dropout = PatchDropout(patch_dropout(stage)).train()
     tokens = torch.zeros(2, 1 + stage.n_patches, 4)  # the class token, then the patches
     assert dropout(tokens).shape[1] == 1 + stage.kept_image_tokens
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16-CL16", "ViT-L-16-CL8-Syntax-GAP", "tiny"])
+def test_the_baseline_model_is_ours_in_open_clip(name):
+    """CLIPA v1 rows keep ln_pre, exact GELU and the causal BPE tower in the baseline too (open_clip
+    stores the position tables as parameters: compare with learned ones)."""
+    from clipav2.models.arch import get_arch
+    from clipav2.models.flops import count_params
+    from clipav2.perf.baseline import build_open_clip
+
+    arch = get_arch(name, pos_embed="learned")
+    with torch.device("meta"):
+        model = build_open_clip(arch, arch.vision.image_size, arch.text.context_length, 0.0, torch.device("meta"))
+    assert sum(p.numel() for p in model.parameters()) == count_params(arch)["total"]
+    block = model.visual.transformer.resblocks[0]
+    assert block.mlp.gelu.approximate == ("tanh" if arch.gelu == "tanh" else "none")
+    assert block.ln_1.eps == arch.ln_eps
+    assert (model.attn_mask is not None) == arch.text.causal

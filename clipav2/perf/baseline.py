@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 
 import torch
 
@@ -15,28 +16,30 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-def open_clip_cfg(arch: ClipArch, image_size: int, text_len: int, mask_ratio: float) -> dict:
-    """Our architecture as open_clip's CLIP(**cfg) arguments (its CLIPA configs use the same keys)."""
-    v, t = arch.vision, arch.text
-    return {
-        "embed_dim": arch.embed_dim,
-        "vision_cfg": {"image_size": image_size, "patch_size": v.patch_size, "layers": v.depth, "width": v.width,
-                       "head_width": v.width // v.heads, "mlp_ratio": v.mlp / v.width, "no_ln_pre": True,
-                       "pool_type": "avg", "final_ln_after_pool": True, "patch_dropout": mask_ratio},
-        "text_cfg": {"context_length": text_len, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
-                     "layers": t.depth, "mlp_ratio": t.mlp / t.width, "pool_type": "last", "no_causal_mask": True},
-    }
+def open_clip_cfg(arch: ClipArch, image_size: int, text_len: int, patch_dropout: float) -> dict:
+    """Our architecture as open_clip's CLIP(**cfg) arguments: the model config an export writes
+    (clipav2.models.openclip_folder.model_cfg: v2 and v1 rows, their numerics) at the stage's
+    shapes. clipa_torch's pool over every token (the v1 L/16 GAP rows) is open_clip's patch
+    average here: the same cost."""
+    from clipav2.models.openclip_folder import model_cfg
+
+    if arch.vision.pool == "avg_with_cls":
+        arch = replace(arch, vision=replace(arch.vision, pool="avg"))
+    cfg = model_cfg(arch)
+    cfg["vision_cfg"].update(image_size=image_size, patch_dropout=patch_dropout)
+    cfg["text_cfg"].update(context_length=text_len)
+    return cfg
 
 
-def build_open_clip(arch: ClipArch, image_size: int, text_len: int, mask_ratio: float, device: torch.device):
+def build_open_clip(arch: ClipArch, image_size: int, text_len: int, patch_dropout: float, device: torch.device):
     """open_clip.create_model(name) where open_clip knows the name, else open_clip.CLIP(**cfg)."""
     import open_clip
 
     if arch.name in open_clip.list_models():
         return open_clip.create_model(arch.name, device=device, force_image_size=image_size,
-                                      force_context_length=text_len, force_patch_dropout=mask_ratio or None,
+                                      force_context_length=text_len, force_patch_dropout=patch_dropout or None,
                                       output_dict=True, pretrained_text=False)
-    return open_clip.CLIP(**open_clip_cfg(arch, image_size, text_len, mask_ratio), output_dict=True).to(device)
+    return open_clip.CLIP(**open_clip_cfg(arch, image_size, text_len, patch_dropout), output_dict=True).to(device)
 
 
 def _param_groups(model, weight_decay: float):
