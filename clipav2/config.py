@@ -557,6 +557,8 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
         raw = read_recipe(path, _read_yaml)
     for item in overrides:
         apply_override(raw, item)
+    if "base" in raw:  # read_recipe has merged (and removed) the file's own
+        raise ConfigError("base: write it in the recipe file; an override cannot change which recipe a file starts from")
     apply_stage_defaults(raw)
     if "stages" in raw and not isinstance(raw["stages"], list):
         raise ConfigError("stages: expected a list of stages")

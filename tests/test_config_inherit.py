@@ -60,6 +60,13 @@ def test_bad_inheritance_is_one_line(tmp_path, files, match):
     assert "\n" not in str(e.value)
 
 
+def test_base_as_an_override_is_refused_in_one_line(tmp_path):
+    _write(tmp_path, "a.yaml", f"model: {{name: tiny}}\nstages: [{STAGE}]\n")
+    with pytest.raises(ConfigError, match=r"^base: write it in the recipe file") as e:
+        load_config(tmp_path / "a.yaml", ["base=b.yaml"])
+    assert "\n" not in str(e.value)
+
+
 def test_plan_resolved_prints_the_flattened_recipe(capsys, tmp_path):
     assert main(["plan", str(CONFIGS / "bigg14.yaml"), "stages.pretrain.samples=655360000", "--resolved"]) == 0
     flat = yaml.safe_load(capsys.readouterr().out)
