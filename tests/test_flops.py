@@ -95,3 +95,11 @@ def test_bad_sizes_are_errors():
         forward_flops("ViT-H-14-CLIPA", image_size=100)
     with pytest.raises(ValueError, match="kept_image_tokens"):
         forward_flops("ViT-H-14-CLIPA", kept_image_tokens=300)
+
+
+def test_models_table_columns_line_up(capsys):
+    from clipav2 import cli
+
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()[:-1]  # the header and a row per model (the note after)
+    assert len(lines) > 10 and len({len(line) for line in lines}) == 1, lines

@@ -36,10 +36,11 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(table, indent=1))
         return 0
-    print(f"{'name':<22}{'px':>5}{'total':>11}{'image':>11}{'text':>11}{'trainable':>11}{'GFLOPs':>10}")
+    width = max(len(r["name"]) for r in table) + 1  # the longest name sets the first column
+    print(f"{'name':<{width}}{'px':>5}{'total':>11}{'image':>11}{'text':>11}{'trainable':>11}{'GFLOPs':>10}")
     for r in table:
         m = [f"{r[k] / 1e6:>10.2f}M" for k in ("params_total", "params_image", "params_text", "params_trainable")]
-        print(f"{r['name']:<22}{r['image_size']:>5}{''.join(m)}{r['gflops']:>10.2f}")
+        print(f"{r['name']:<{width}}{r['image_size']:>5}{''.join(m)}{r['gflops']:>10.2f}")
     print("params as open_clip counts them (image position table included); 'trainable' leaves out the "
           "fixed sin-cos table, a buffer. GFLOPs: one forward (image + text), class token counted.")
     return 0
