@@ -59,3 +59,19 @@ def test_bad_arguments_exit_with_a_config_error(capsys, monkeypatch):
     assert code == 2 and "/nonexistent/vocab.txt" in err and "CLIPAV2_VOCAB" in err
     with pytest.raises(SystemExit):
         main(["text", "preview", "--reduction", "shuffle", "--length", "8", "x"])
+
+
+def test_clip_bpe_without_open_clip_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_open_clip(name, *args, **kwargs):
+        if name.startswith("open_clip"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_open_clip)
+    assert main(["text", "preview", "--reduction", "truncate", "--length", "8", "--mode", "clip_bpe", "a dog"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'clipav2[v1]'" in err

@@ -36,7 +36,7 @@ def main(args) -> int:
         transforms = {name: make_text_transform(StageConfig(name="preview", text_len=args.length, text_reduction=name,
                                                             tokenizer_mode=args.mode), vocab=args.vocab, seed=args.seed)
                       for name in names}
-    except (ValueError, VocabNotFound, NltkDataMissing) as e:
+    except (ImportError, ValueError, VocabNotFound, NltkDataMissing) as e:
         print(f"clipav2 text preview: {e}", file=sys.stderr)
         return exitcodes.CONFIG
     rows = []

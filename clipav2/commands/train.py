@@ -37,7 +37,7 @@ def check_text(cfg) -> None:
     for stage in cfg.stages:
         try:
             make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
-        except (LookupError, OSError, ValueError) as e:
+        except (ImportError, LookupError, OSError, ValueError) as e:
             raise ConfigError(f"stages.{stage.name}.text_reduction: {' '.join(str(e).split())}") from None
 
 
