@@ -1,4 +1,4 @@
-"""The four places where we rely on library internals, each in one function, so an upgrade that
+"""The five places where we rely on library internals, each in one function, so an upgrade that
 changes one fails its test in tests/test_compat.py loudly instead of silently changing behaviour:
 
 - torch's fused AdamW skips a step when `optimizer.found_inf` is non-zero (the attribute
@@ -7,6 +7,10 @@ changes one fails its test in tests/test_compat.py loudly instead of silently ch
   our bf16-first-moment AdamW, on an fp32 copy of the moment.
 - torch.distributed.checkpoint's `FileSystemReader._get_metadata_path()` (private): where the
   pickled index lives, which we read ourselves with an allow-list unpickler.
+- torch.distributed.checkpoint's `DefaultLoadPlanner.load_bytes` stores a loaded non-tensor item
+  into the caller's nested state dict with the private `_traverse.set_element` and the planner's
+  `original_state_dict` / `mappings` (or, unflattened, into `state_dict`): we store our
+  weights-only loaded items the same way.
 - DeepSpeed's engine loads checkpoints through `engine.checkpoint_engine.load(path,
   map_location)` of a `TorchCheckpointEngine`; we swap that object's class for a subclass whose
   `load` is weights-only.
@@ -30,6 +34,16 @@ def fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
 def dcp_metadata_path(reader):
     """The path of a DCP checkpoint's index file, as the reader resolves it."""
     return reader._get_metadata_path()
+
+
+def dcp_store_item(planner, fqn: str, value) -> None:
+    """Put a loaded non-tensor item where `DefaultLoadPlanner.load_bytes` would."""
+    if planner.flatten_state_dict:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        set_element(planner.original_state_dict, planner.mappings[fqn], value)
+    else:
+        planner.state_dict[fqn] = value
 
 
 def swap_checkpoint_engine(engine, make_subclass) -> bool:

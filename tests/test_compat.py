@@ -46,6 +46,31 @@ def test_dcp_reader_names_its_index_file(tmp_path):
     assert str(path) == str(tmp_path / ".metadata")
 
 
+@pytest.mark.parametrize("flatten", [True, False])
+def test_dcp_item_lands_where_the_default_planner_puts_it(flatten):
+    import io
+
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    def planner():
+        p = DefaultLoadPlanner(flatten_state_dict=flatten)
+        p.set_up_planner({"extra": {"step": 0, "data": {"pos": [0, 0]}}, "w": torch.zeros(2)}, Metadata({}), True)
+        return p
+
+    ours, theirs = planner(), planner()
+    fqn = "extra.data.pos" if flatten else "extra"
+    value = [3, 4] if flatten else {"step": 7, "data": {"pos": [3, 4]}}
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    theirs.load_bytes(type("Item", (), {"dest_index": type("Index", (), {"fqn": fqn})()})(), buffer)
+    compat.dcp_store_item(ours, fqn, value)
+    where = "original_state_dict" if flatten else "state_dict"  # the caller's nested dict, or the flat one
+    assert getattr(ours, where)["extra"] == getattr(theirs, where)["extra"]
+    assert getattr(ours, where)["extra"]["data"]["pos"] == [3, 4]
+
+
 def test_deepspeed_torch_checkpoint_engine_loads_through_load_path_map_location():
     pytest.importorskip("deepspeed")
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine

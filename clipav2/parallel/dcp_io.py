@@ -17,7 +17,6 @@ import pickle
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
@@ -109,10 +108,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             raise UnsafeCheckpoint(f"checkpoint item {fqn} is not plain data ({one_line(e)})") from None
         if not _plain(loaded):
             raise UnsafeCheckpoint(f"checkpoint item {fqn} is a {type(loaded).__name__}, not plain data")
-        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes stores it
-            set_element(self.original_state_dict, self.mappings[fqn], loaded)
-        else:
-            self.state_dict[fqn] = loaded
+        compat.dcp_store_item(self, fqn, loaded)
 
 
 def save_dcp(model, optimizer, path) -> None:
