@@ -1,5 +1,6 @@
 """The engine end to end on 2 CPU ranks (gloo): every strategy against the single-process run of
-the same global batch, resume after SIGKILL, SIGUSR1 preemption, NaN skipping, resharded FSDP
+the same global batch (and bf16_params under ddp and fsdp against it under the same policy),
+resume after SIGKILL, SIGUSR1 preemption, NaN skipping, resharded FSDP
 resume, a crashed rank, and no host read inside the step (single, ddp, fsdp run under
 `forbid_host_sync`). The driver is tests/dist/driver.py; to save start-up time each launch runs
 several jobs in sequence (a job that ends the process comes last), 8 launches in all, started
@@ -58,9 +59,13 @@ def _launches(tmp):
     one, two = [*EPS, "--micro", "8"], [*EPS, "--micro", "4"]
     fsdp, zero3 = ["--strategy", "fsdp", *two], ["--strategy", "deepspeed", "--zero", "3", *two]
     kill = ["--kill-step", str(KILL_STEP)]
+    bf16 = ["--set", "parallel.precision=bf16_params"]
     return {
-        "single": ("python", [("single", [*one, *nan, *no_sync]), ("single_killed", [*one, *nan, *ck, *kill])], []),
+        "single": ("python", [("single", [*one, *nan, *no_sync]), ("single_bf16", [*one, *bf16, *nan, *no_sync]),
+                              ("single_killed", [*one, *nan, *ck, *kill])], []),
         "native": ("torchrun", [("ddp", ["--strategy", "ddp", *two, *nan, *no_sync]), ("fsdp", [*fsdp, *nan, *no_sync]),
+                                ("ddp_bf16", ["--strategy", "ddp", *two, *bf16, *nan, *no_sync]),
+                                ("fsdp_bf16", [*fsdp, *bf16, *nan, *no_sync]),
                                 ("fsdp_killed", [*fsdp, *nan, *ck, *kill])], []),
         "zero": ("torchrun", [(f"zero{z}", ["--strategy", "deepspeed", "--zero", str(z), *two, *nan]) for z in (1, 2)]
                  + [("zero3", [*zero3, *nan]), ("zero3_killed", [*zero3, *nan, *ck, *kill])], []),
@@ -141,6 +146,25 @@ def test_strategy_matches_single_process(runs, name, ref):
             assert abs(a["loss"] - b["loss"]) <= 1e-5, (step, a, b)
             assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * max(1.0, b["grad_norm"]), (step, a, b)
     assert _max_diff(_weights(tmp, name), _weights(tmp, ref)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ddp_bf16", "fsdp_bf16"])
+def test_bf16_params_on_two_ranks_matches_one_process(runs, name):
+    """bf16_params under DDP (the towers cast for the forward) and FSDP2 (parameters gathered in
+    bf16) against one process under the same policy: within bf16 tolerance (the casts are the
+    same, the reductions are not), and different from fp32 (the casts happen)."""
+    tmp, results = runs
+    _ok(results, "single_bf16")
+    _ok(results, name)
+    ours, theirs, fp32 = _losses(tmp, name), _losses(tmp, "single_bf16"), _losses(tmp, "single")
+    assert len(ours) == len(theirs) == 10 and theirs[0]["loss"] - theirs[-1]["loss"] > 0.1
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        assert a["skipped"] == b["skipped"], step
+        if not b["skipped"]:
+            assert abs(a["loss"] - b["loss"]) <= 1e-2 * abs(b["loss"]), (step, a, b)
+    # measured: 7.9e-3 from fp32, 2.5e-3 from the one-process bf16 run; fp32 engines agree to 1e-5
+    assert max(abs(a["loss"] - f["loss"]) for a, f in zip(ours, fp32) if not f["skipped"]) > 1e-3
+    assert all(v.dtype == torch.float32 for v in _weights(tmp, name).values())  # fp32 master weights
 
 
 def test_nan_step_is_skipped_and_the_run_continues(runs):
