@@ -135,7 +135,6 @@ class Strategy:
         """Apply the techniques to `model` (built on the CPU, fp32) in their fixed order and build
         a fresh optimizer and LR schedule (the optimizer is re-initialised between stages)."""
         self.stage = resolve(self.cfg, stage, self.world.world_size)
-        self.n_micro = self.stage.grad_accum
         self.step_count = 0
         self.skips.new_stage()
         apply_ac(model, self.cfg.model.checkpointing)
