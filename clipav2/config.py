@@ -304,7 +304,7 @@ class StageConfig:
     def _validate_reductions(self, key: str, patch: int) -> None:
         """The token-length reductions of both towers, by their owning modules."""
         from clipav2.reduce import image, text
-        from clipav2.text.transform import TOKENIZER_MODES, reductions_of
+        from clipav2.text.tokenizer import TOKENIZER_MODES
 
         grid = self.image_size // patch
         _owned(key, image.check, self.image_reduction, (grid, grid), self.image_mask_ratio, self.grid_window)
@@ -312,9 +312,9 @@ class StageConfig:
             raise ConfigError(f"{key}.text_len: {self.text_len} must be >= 2 ([CLS] plus one piece)")
         _check_choice(f"{key}.tokenizer_mode", self.tokenizer_mode, TOKENIZER_MODES)
         _owned(key, text.get, self.text_reduction)
-        if self.text_reduction not in reductions_of(self.tokenizer_mode):
+        if self.text_reduction not in text.supported(self.tokenizer_mode):
             raise ConfigError(f"{key}.text_reduction: {self.text_reduction!r} is not available with tokenizer_mode "
-                              f"{self.tokenizer_mode} ({', '.join(reductions_of(self.tokenizer_mode))})")
+                              f"{self.tokenizer_mode} ({', '.join(text.supported(self.tokenizer_mode))})")
 
     def _validate_sources(self, key: str) -> None:
         from clipav2.data.transforms import EVAL_KINDS

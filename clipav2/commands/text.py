@@ -7,8 +7,8 @@ import sys
 
 from clipav2 import exitcodes
 from clipav2.config import StageConfig
-from clipav2.reduce.text import REDUCTIONS as TEXT_REDUCTIONS
-from clipav2.text.transform import TOKENIZER_MODES, reductions_of
+from clipav2.reduce.text import REDUCTIONS as TEXT_REDUCTIONS, supported
+from clipav2.text.tokenizer import TOKENIZER_MODES
 
 
 def add_arguments(parser) -> None:
@@ -31,7 +31,7 @@ def main(args) -> int:
     if args.length < 2:
         print(f"clipav2 text preview: --length {args.length} must be >= 2 ([CLS] plus one piece)", file=sys.stderr)
         return exitcodes.CONFIG
-    names = reductions_of(args.mode) if args.reduction == "all" else (args.reduction,)
+    names = supported(args.mode) if args.reduction == "all" else (args.reduction,)
     try:
         transforms = {name: make_text_transform(StageConfig(name="preview", text_len=args.length, text_reduction=name,
                                                             tokenizer_mode=args.mode), vocab=args.vocab, seed=args.seed)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from clipav2.data.records import load_rgb, open_image
@@ -45,6 +44,14 @@ def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
         _NORMALIZE[device] = (mean.to(device), std.to(device))
     return _NORMALIZE[device]
+
+
+def _functional():
+    """torchvision.transforms.functional, imported on first use: importing torchvision costs over a
+    second (it pulls torch._dynamo), which config checks and `clipav2 plan` need not pay."""
+    import torchvision.transforms.functional as TF
+
+    return TF
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -137,6 +144,7 @@ class TrainTransform:
 
     def photometric(self, img: Image.Image, rng: random.Random) -> Image.Image:
         """torchvision's ColorJitter (random order, factors around 1) with p, then RandomGrayscale."""
+        TF = _functional()
         if any(self.color_jitter) and rng.random() < self.color_jitter_p:
             b, c, s, h = self.color_jitter
             ops = [
@@ -182,6 +190,7 @@ class EvalTransform:
             img, _ = draft(img, (0, 0, side, side), self.size)
         img = load_rgb(img)
         if self.protocol == "open_clip":
+            TF = _functional()
             img = TF.center_crop(TF.resize(img, self.size, TF.InterpolationMode.BICUBIC), self.size)
         elif self.kind == "center_crop":
             img = img.resize(clipa_short_side(*img.size, self.size), Image.BILINEAR)

@@ -69,6 +69,7 @@ class TextReduction:
     priorities: str = ""  # "" | "table": one per vocabulary entry | "context": each word tagged in its sentence
     words: bool = False  # ranks whole words: needs each piece's word index
     randomized: bool = False  # draws from the per-sample generator
+    clip_bpe: bool = False  # also with CLIP's BPE tokenizer (CLIPA v1: clipa_torch has these two)
 
     @staticmethod
     def kept_count(n_pieces: int, k: int) -> int:
@@ -76,13 +77,18 @@ class TextReduction:
 
 
 REDUCTIONS = {
-    "truncate": TextReduction(truncate, "truncated"),
+    "truncate": TextReduction(truncate, "truncated", clip_bpe=True),
     "random": TextReduction(random, "random words kept", randomized=True),
     "block": TextReduction(block, "a random block kept", randomized=True),
-    "syntax": TextReduction(syntax, "syntax mask", priorities="table", words=True),
+    "syntax": TextReduction(syntax, "syntax mask", priorities="table", words=True, clip_bpe=True),
     "syntax_pieces": TextReduction(syntax_pieces, "syntax mask over pieces", priorities="table"),
     "syntax_context": TextReduction(syntax_pieces, "syntax mask in context", priorities="context"),  # open_clip's tagging
 }
+
+
+def supported(tokenizer_mode: str) -> tuple[str, ...]:
+    """The reductions a stage's tokenizer mode offers: every one with WordPiece, two with CLIP's BPE."""
+    return tuple(n for n, r in REDUCTIONS.items() if tokenizer_mode != "clip_bpe" or r.clip_bpe)
 
 
 def get(name: str) -> TextReduction:

@@ -24,10 +24,11 @@ import nltk
 import numpy as np
 import torch
 
+from clipav2.reduce import text as reduce_text
 from clipav2.text import syntax
 from clipav2.text.tokenizer import as_text
 
-REDUCTIONS = ("truncate", "syntax")
+REDUCTIONS = reduce_text.supported("clip_bpe")
 VOCAB_SIZE = 49408
 PUNKT = "punkt_tab"
 

@@ -17,16 +17,8 @@ import torch
 
 from clipav2.reduce import text as reduce_text
 from clipav2.text import syntax
-from clipav2.text import bpe
 from clipav2.text.bpe import BpeTextTransform, bpe_tokenize
-from clipav2.text.tokenizer import MODES, Tokenizer, as_text
-
-TOKENIZER_MODES = (*MODES, "clip_bpe")  # stages[].tokenizer_mode: WordPiece modes, or CLIP's BPE (CLIPA v1)
-
-
-def reductions_of(mode: str) -> tuple:
-    """The text reductions a tokenizer mode supports."""
-    return bpe.REDUCTIONS if mode == "clip_bpe" else tuple(reduce_text.REDUCTIONS)
+from clipav2.text.tokenizer import Tokenizer, as_text
 
 
 def sample_seed(seed: int, stage: str, key: str) -> int:
