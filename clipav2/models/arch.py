@@ -1,5 +1,5 @@
 """Architectures as plain data: what `create_model`, the FLOP count, `clipav2 models`, config
-validation and the memory benchmark all read. No torch import here, so config checks stay cheap.
+validation and the memory benchmark all read. No torch import here.
 
 The table is written with open_clip's model-config field names (`embed_dim`, `vision_cfg`,
 `text_cfg`, `layers`, `width`, `head_width`, `mlp_ratio`, `heads`, `pool_type`, ...): adding a
