@@ -56,7 +56,7 @@ def _steps(s, nan_steps=(), n=3):
             calls.append(1)
             return clip_loss(*args) * (float("nan") if step in nan_steps and len(calls) == 2 else 1.0)
 
-        results.append(train_step(s, [(x, t, None)] * s.n_micro, loss)[0])
+        results.append(train_step(s, [(x, t, None)] * s.stage.grad_accum, loss)[0])
     return results
 
 

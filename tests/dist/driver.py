@@ -108,7 +108,7 @@ def run(a):
     stage = cfg.stages[0]
     torch.manual_seed(0)
     strategy.setup(clipav2.create_model("tiny"), stage)
-    n_micro = strategy.n_micro
+    n_micro = strategy.stage.grad_accum
     images, ids = data(a.steps * GLOBAL_BATCH)
     ckpt = CheckpointManager(Path(a.out) / "checkpoints", a.ckpt_every, 10**6, 2, world)
     monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
