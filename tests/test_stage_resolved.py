@@ -52,7 +52,8 @@ def test_each_stage_reads_the_previous_weights_once(tmp_path_factory, tmp_path, 
     from clipav2.train.loop import train
 
     data = small_demo(tmp_path_factory)
-    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run"), world_size=1, check_data=True)
+    recipe = tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"eval.at_stage_end": False})
+    cfg = load_config(recipe, world_size=1, check_data=True)
     reads = []
     real = convert.load_file
     monkeypatch.setattr(convert, "load_file", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
