@@ -602,7 +602,8 @@ def check_data_paths(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: {value!r} is not imagenet, demo, or an existing text file")
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg) -> dict:
+    """A config (or any of its sections) as plain YAML data: tuples become lists."""
     def plain(x):
         if isinstance(x, tuple):
             return [plain(v) for v in x]

@@ -78,8 +78,7 @@ def resolve(cfg: Config, stage: int | StageConfig | Stage, world_size: int | Non
     arch = arch or stage_arch(cfg, s)
     side = s.image_size // arch.vision.patch_size
     grid = (side, side)
-    n = side * side
-    kept = image.check(s.image_reduction, grid, s.image_mask_ratio, s.grid_window).kept(n, s.image_mask_ratio, s.grid_window)
+    kept = image.kept_on_grid(s.image_reduction, grid, s.image_mask_ratio, s.grid_window)
     micro, accum = cfg.batch_split(s, world_size) if world_size is not None else (None, None)
     return Stage(config=s, index=index, arch=arch, world_size=world_size, micro_batch=micro, grad_accum=accum,
                  auto_micro_batch=cfg.micro_batch_setting(s) == "auto", grid=grid, kept_image_tokens=kept,

@@ -121,12 +121,16 @@ def check(kind: str, grid_hw: tuple[int, int], ratio: float = 0.0, window: int =
     return how
 
 
+def kept_on_grid(kind: str, grid_hw: tuple[int, int], ratio: float = 0.0, window: int = 2) -> int:
+    """How many patch tokens (class token excluded) a step keeps on an (H, W) patch grid."""
+    return check(kind, grid_hw, ratio, window).kept(grid_hw[0] * grid_hw[1], ratio, window)
+
+
 def kept_tokens(kind: str, n_patches: int, ratio: float = 0.0, window: int = 2) -> int:
-    """How many patch tokens (class token excluded) a step keeps out of `n_patches`, taken as a
-    square grid when it is one (else one row: only `grid` looks at the shape)."""
+    """`kept_on_grid` of `n_patches`, taken as a square grid when it is one (else one row: only
+    `grid` looks at the shape)."""
     side = math.isqrt(n_patches)
-    grid_hw = (side, side) if side * side == n_patches else (1, n_patches)
-    return check(kind, grid_hw, ratio, window).kept(n_patches, ratio, window)
+    return kept_on_grid(kind, (side, side) if side * side == n_patches else (1, n_patches), ratio, window)
 
 
 def keep_indices(kind: str, grid_hw: tuple[int, int], batch: int, ratio: float = 0.0, window: int = 2,

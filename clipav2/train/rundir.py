@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import shutil
 import time
@@ -61,19 +60,15 @@ def _default(key: str):
 
     parts = key.split(".")
     if parts[0] == "stages" and len(parts) > 2:
-        return flatten(dataclasses.asdict(StageConfig())).get(".".join(parts[2:]), "<absent>")
+        return flatten(to_dict(StageConfig())).get(".".join(parts[2:]), "<absent>")
     return flatten(to_dict(Config())).get(key, "<absent>")
 
 
 def differences(old: dict, new: dict) -> list[str]:
     """Dotted keys whose value differs (a key missing on one side counts as its default)."""
     a, b = flatten(old), flatten(new)
-    value = lambda d, k: d[k] if k in d else _plain(_default(k))  # noqa: E731
+    value = lambda d, k: d[k] if k in d else _default(k)  # noqa: E731
     return sorted(k for k in a.keys() | b.keys() if value(a, k) != value(b, k))
-
-
-def _plain(v):
-    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
 def is_safe(key: str) -> bool:
