@@ -114,7 +114,7 @@ class ParallelConfig:
     def validate(self, key: str) -> None:
         from clipav2.parallel import STRATEGIES
         from clipav2.parallel.base import PRECISIONS
-        from clipav2.parallel.deepspeed_strategy import ZERO_STAGES
+        from clipav2.parallel.deepspeed_engine import ZERO_STAGES
 
         _check_choice(f"{key}.strategy", self.strategy, STRATEGIES)
         _check_choice(f"{key}.zero_stage", self.zero_stage, ZERO_STAGES)
@@ -261,7 +261,7 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.2
-    weight_decay_rule: str = "kernels"  # kernels | kernels_and_tokens | matrices (clipav2.train.decay)
+    weight_decay_rule: str = "kernels"  # kernels | kernels_and_tokens | matrices (clipav2.decay)
     grad_clip: typing.Optional[float] = None  # CLIPA uses none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_transform: str = "center_crop"  # pre-training: center_crop; fine-tune: resize
@@ -318,7 +318,7 @@ class StageConfig:
 
     def _validate_sources(self, key: str) -> None:
         from clipav2.data.transforms import EVAL_KINDS
-        from clipav2.train.decay import RULES
+        from clipav2.decay import RULES
 
         _check_choice(f"{key}.weight_decay_rule", self.weight_decay_rule, RULES)
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -381,7 +381,7 @@ class Config:
 
     def micro_batch_of(self, stage: StageConfig, world_size: int) -> int:
         """The configured micro-batch per rank; `auto` not yet fitted to the device
-        (clipav2.parallel.micro_batch) is the whole per-rank batch."""
+        (clipav2.micro_batch) is the whole per-rank batch."""
         micro = self.micro_batch_setting(stage)
         return max(1, stage.global_batch // world_size) if micro == "auto" else micro
 

@@ -1,5 +1,5 @@
 """The optimizer of CLIPA-v2 (clipa_jax/main.py, optax): AdamW with betas (0.9, 0.95), eps 1e-8, decoupled weight
-decay on the parameters the stage's `weight_decay_rule` names (clipav2.train.decay), optionally
+decay on the parameters the stage's `weight_decay_rule` names (clipav2.decay), optionally
 a bfloat16 first moment (CLIPA's memory saving), and a linear-warmup + cosine-to-0 learning rate
 counted in optimizer steps.
 """
@@ -12,7 +12,7 @@ from torch import nn
 
 from clipav2 import compat
 from clipav2.compat import fused_adamw_
-from clipav2.train.decay import decays
+from clipav2.decay import decays
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
@@ -26,7 +26,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float, rule: str = "kernels") -> list[dict]:
-    """Two groups (decay, no decay) by the weight decay `rule` (clipav2.train.decay), each
+    """Two groups (decay, no decay) by the weight decay `rule` (clipav2.decay), each
     parameter once, in model order (shared ones once)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -7,9 +7,8 @@ the step, the engines, the loader, the memory model, the plan and the bench read
     stage.name, stage.samples, stage.peak_lr, ...          # the StageConfig's own fields, read through
 
 `micro_batch: auto` stands for the whole per-rank batch until `with_micro_batch` sets the fitted
-value (clipav2.parallel.micro_batch). Without a world size (the plan) micro_batch and grad_accum
-are None. `resolve` of an already resolved stage returns it, so functions that take (cfg, stage)
-accept either.
+value (clipav2.micro_batch). Without a world size (the plan) micro_batch and grad_accum are None.
+A stage is resolved once, by its index, and passed on as a `Stage`.
 """
 from __future__ import annotations
 
@@ -56,24 +55,11 @@ def stage_arch(cfg: Config, stage: StageConfig) -> ClipArch:
     return get_arch(cfg.model.name, image_size=stage.image_size, context_length=stage.text_len, **options)
 
 
-def _index(cfg: Config, stage: StageConfig) -> int:
-    for i, s in enumerate(cfg.stages):
-        if s is stage or s == stage:
-            return i
-    raise ValueError(f"stage {stage.name!r} is not a stage of this config ({[s.name for s in cfg.stages]})")
-
-
-def resolve(cfg: Config, stage: int | StageConfig | Stage, world_size: int | None = None,
-            arch: ClipArch | None = None) -> Stage:
-    """The stage (an index, a StageConfig of `cfg`, or a Stage) resolved for `world_size` ranks."""
+def resolve(cfg: Config, index: int, world_size: int | None = None, arch: ClipArch | None = None) -> Stage:
+    """Stage number `index` of `cfg` resolved for `world_size` ranks."""
     from clipav2.models.flops import train_flops
     from clipav2.reduce import image
 
-    if isinstance(stage, Stage):
-        if arch is None and world_size in (None, stage.world_size):
-            return stage
-        stage = stage.config
-    index = stage if isinstance(stage, int) else _index(cfg, stage)
     s = cfg.stages[index]
     arch = arch or stage_arch(cfg, s)
     side = s.image_size // arch.vision.patch_size

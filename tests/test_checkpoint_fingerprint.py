@@ -9,7 +9,7 @@ from test_checkpoint import _train_step, strategy  # noqa: F401  (the fixture)
 
 def _fp(strategy, text_len):
     stage = type("S", (), {"name": "s", "image_size": 32, "text_len": text_len})()
-    return ck.fingerprint("tiny", stage, strategy.module)
+    return ck.fingerprint("tiny", stage, strategy.engine.module)
 
 
 def test_pruning_keeps_another_fingerprints_checkpoints(tmp_path, strategy):  # noqa: F811

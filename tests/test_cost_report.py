@@ -89,7 +89,7 @@ def test_report_adds_up_and_projects_by_the_closed_form(tmp_path):
     assert (rows["pretrain"]["samples done"], rows["finetune"]["samples done"]) == ("64,000", "8,000")
     assert _num(rows["pretrain"]["samples/s/GPU"]) == pytest.approx(64 / (1.2 * 2.0) / 8, abs=0.05)
     # MFU from the FLOP count: samples/s/GPU x FLOPs per sample / A100 peak
-    mfu = 64 / (1.2 * 2.0) / 8 * stage_flops(cfg, cfg.stages[0]) / 312e12
+    mfu = 64 / (1.2 * 2.0) / 8 * stage_flops(cfg, 0) / 312e12
     assert _num(rows["pretrain"]["MFU"]) == pytest.approx(100 * mfu, abs=0.05)
     # to finish: 8,000 fine-tune samples at the measured fine-tune speed, plus eval/checkpoint overhead
     g = {k: sum(s["gpu_seconds"][k] for s in led.stages.values()) for k in ("train", "data_wait", "eval", "checkpoint")}
@@ -108,7 +108,7 @@ def test_projection_scales_an_unstarted_stage_by_its_flops(tmp_path):
     cfg, led = fabricate(tmp_path / "run", finetune_done=0)
     assert main(["budget", str(tmp_path / "run"), "--out", str(tmp_path / "r.md")]) == 0
     rows = _stage_rows((tmp_path / "r.md").read_text())
-    ratio = stage_flops(cfg, cfg.stages[1]) / stage_flops(cfg, cfg.stages[0])
+    ratio = stage_flops(cfg, 1) / stage_flops(cfg, 0)
     g = {k: sum(s["gpu_seconds"][k] for s in led.stages.values()) for k in ("train", "data_wait", "eval", "checkpoint")}
     overhead = 1 + (g["eval"] + g["checkpoint"]) / (g["train"] + g["data_wait"])
     to_go = 16000 / 64 * 1.2 * 2.0 * ratio * overhead * 8 / 3600 * 1.575

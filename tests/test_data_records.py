@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from clipav2.config import load_config
+from clipav2.stage import resolve
 from clipav2.data import build_train_loader, expand_urls
 from clipav2.data.scan import scan
 from clipav2.data.shards import ShardSink
@@ -82,7 +83,7 @@ def test_loader_skips_bad_records_and_aggregates_counts_over_workers(bad_shards)
     d, expected, good = bad_shards
     cfg = load_config(None, [f"data.train={d}", "data.workers=2", "data.shuffle_buffer=4", "parallel.micro_batch=1",
                              "stages=[{name: s, image_size: 32, samples: 64, global_batch: 1}]"])
-    loader = build_train_loader(cfg, cfg.stages[0], World(0, 1), fake_text)
+    loader = build_train_loader(cfg, resolve(cfg, 0, 1), World(0, 1), fake_text)
     first_epoch, before = [], loader.state_dict()["streams"]
     for batch in loader:
         assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (1, 3, 32, 32)
@@ -124,7 +125,7 @@ def test_expand_urls_patterns(tmp_path):
 def test_pattern_matching_nothing_stops_at_start_up(tmp_path):
     cfg = load_config(None, [f"data.train={tmp_path}/{{0..9}}.tar", "stages=[{name: s, samples: 64, global_batch: 64}]"])
     with pytest.raises(FileNotFoundError, match="10 of 10 shards"):
-        build_train_loader(cfg, cfg.stages[0], World(0, 1), fake_text)
+        build_train_loader(cfg, resolve(cfg, 0, 1), World(0, 1), fake_text)
 
 
 def test_unreadable_pipe_shard_is_counted(tmp_path):
@@ -151,6 +152,6 @@ def test_data_set_without_one_usable_record_stops_with_a_clear_error(tmp_path):
     write_shard(tmp_path / "1.tar", [("k", {"jpg": b"not an image", "txt": b"caption"})])
     cfg = load_config(None, [f"data.train={tmp_path}", "data.workers=0", "parallel.micro_batch=1",
                              "stages=[{name: s, image_size: 32, samples: 64, global_batch: 1}]"])
-    loader = build_train_loader(cfg, cfg.stages[0], World(0, 1), fake_text)
+    loader = build_train_loader(cfg, resolve(cfg, 0, 1), World(0, 1), fake_text)
     with pytest.raises(RuntimeError, match="3 epochs in a row without one usable sample"):
         next(iter(loader))

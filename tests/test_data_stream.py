@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from clipav2.config import load_config
+from clipav2.stage import resolve
 from clipav2.data import build_train_loader
 from clipav2.data.shards import ShardSink
 
@@ -64,7 +65,7 @@ def first_epoch_keys(loader):
 def test_streams_are_disjoint_across_two_ranks_and_two_workers(shards):
     pattern, good = shards
     cfg = make_cfg(pattern)
-    per_rank = [first_epoch_keys(build_train_loader(cfg, cfg.stages[0], World(r, 2), fake_text)) for r in range(2)]
+    per_rank = [first_epoch_keys(build_train_loader(cfg, resolve(cfg, 0, 2), World(r, 2), fake_text)) for r in range(2)]
     assert all(per_rank)
     everything = per_rank[0] + per_rank[1]
     assert len(everything) == len(set(everything))  # no record read twice within the epoch
@@ -84,7 +85,7 @@ def take(loader, n):
 def test_resume_sees_exactly_the_uninterrupted_samples(shards, workers):
     pattern, _ = shards
     cfg = make_cfg(pattern, workers=workers, micro=4)
-    stage = cfg.stages[0]
+    stage = resolve(cfg, 0, 2)
     # 7 batches (odd: the round-robin is mid-cycle), then 12 more: past the end of epoch 0
     straight = build_train_loader(cfg, stage, World(1, 2), fake_text)
     reference = take(straight, 19)
@@ -108,7 +109,7 @@ def test_resume_sees_exactly_the_uninterrupted_samples(shards, workers):
 def test_world_size_change_starts_a_fresh_disjoint_epoch(shards):
     pattern, good = shards
     cfg = make_cfg(pattern)
-    stage = cfg.stages[0]
+    stage = resolve(cfg, 0, 2)
     states = []
     for rank in range(2):
         loader = build_train_loader(cfg, stage, World(rank, 2), fake_text)
@@ -116,21 +117,21 @@ def test_world_size_change_starts_a_fresh_disjoint_epoch(shards):
         states.append(loader.state_dict())
         loader.close()
     # resume on one rank from either old rank's state: the same new generation
-    resumed = [build_train_loader(cfg, stage, World(0, 1), fake_text, state=s) for s in states]
+    resumed = [build_train_loader(cfg, resolve(cfg, 0, 1), World(0, 1), fake_text, state=s) for s in states]
     assert all(r.state_dict()["generation"] == 1 for r in resumed)
     keys = [first_epoch_keys(r) for r in resumed]
     assert keys[0] == keys[1]
     assert len(keys[0]) == len(set(keys[0])) and set(keys[0]) == good  # one full pass, no repeats
-    fresh = first_epoch_keys(build_train_loader(cfg, stage, World(0, 1), fake_text))
+    fresh = first_epoch_keys(build_train_loader(cfg, resolve(cfg, 0, 1), World(0, 1), fake_text))
     assert set(fresh) == good and fresh != keys[0]  # generation 1 is a new permutation
 
 
 def test_state_of_another_rank_is_refused(shards):
     pattern, _ = shards
     cfg = make_cfg(pattern, workers=0)
-    state = build_train_loader(cfg, cfg.stages[0], World(0, 2), fake_text).state_dict()
+    state = build_train_loader(cfg, resolve(cfg, 0, 2), World(0, 2), fake_text).state_dict()
     with pytest.raises(ValueError, match="rank 0 given to rank 1"):
-        build_train_loader(cfg, cfg.stages[0], World(1, 2), fake_text, state=state)
+        build_train_loader(cfg, resolve(cfg, 0, 2), World(1, 2), fake_text, state=state)
 
 
 def test_the_shuffle_buffer_is_the_jobs_figure_split_over_ranks_and_workers(shards):
@@ -140,6 +141,6 @@ def test_the_shuffle_buffer_is_the_jobs_figure_split_over_ranks_and_workers(shar
 
     assert stream_buffer(250_000, 8 * 6) == 5208 and stream_buffer(3, 8) == 1
     cfg = make_cfg(shards[0], workers=2, buffer=8)
-    loader = build_train_loader(cfg, cfg.stages[0], World(0, 2), fake_text)
-    note = host_memory_note(loader, cfg.stages[0])
+    loader = build_train_loader(cfg, resolve(cfg, 0, 2), World(0, 2), fake_text)
+    note = host_memory_note(loader, resolve(cfg, 0, 2))
     assert "shuffle buffer 8 over 2 ranks x 2 workers = 2 records per stream" in note and "GiB" in note

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import clipav2
-from clipav2.train.decay import decays
+from clipav2.decay import decays
 from clipav2.optim import param_groups
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from clipav2 import exitcodes
 from clipav2.config import load_config
+from clipav2.stage import resolve
 from test_train_support import small_demo, tiny_recipe
 
 
@@ -157,10 +158,10 @@ def test_schedule_by_samples_and_by_minutes(tmp_path, data):
     from clipav2.parallel.env import World
 
     cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"eval.every_samples": 48}))
-    fine = PeriodicEval(cfg, 1, World())  # the recipe's samples: 64 before this stage, 16 a step
+    fine = PeriodicEval(cfg, resolve(cfg, 1), World())  # the recipe's samples: 64 before this stage, 16 a step
     assert fine.offset == 64 and [s for s in range(1, 5) if fine.due(s, at_log_step=True)] == [2]  # 96; 144 is past the end
     cfg = load_config(tiny_recipe(tmp_path / "m.yaml", data, tmp_path / "run", **{"eval.every_minutes": 0.001}))
-    timed = PeriodicEval(cfg, 0, World())
+    timed = PeriodicEval(cfg, resolve(cfg, 0), World())
     assert not timed.due(1, at_log_step=True)
     time.sleep(0.07)
     assert not timed.due(1, at_log_step=False) and timed.due(1, at_log_step=True)  # read at log steps only

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from clipav2 import exitcodes
-from clipav2.parallel.base import StepResult
+from clipav2.train.step import StepResult
 from clipav2.train.faults import FaultMonitor
 
 GOOD = StepResult(lr=1e-3, grad_norm=1.0, skipped=False, loss=2.0)

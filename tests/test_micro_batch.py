@@ -7,7 +7,7 @@ from clipav2.config import load_config
 from clipav2.stage import resolve
 from clipav2.models.arch import get_arch
 from clipav2.models.flops import count_params
-from clipav2.parallel import micro_batch as mb
+from clipav2 import micro_batch as mb
 from clipav2.parallel.env import World
 
 
@@ -20,8 +20,8 @@ def test_the_memory_model_by_hand():
     cfg = _cfg("model.checkpointing=every_2")
     a = get_arch("tiny")  # 2 + 2 blocks of width 32; 16 patches + the class token; 16 text tokens
     per_sample = (2 + 34) * 17 * a.vision.width + (2 + 34) * 16 * a.text.width  # one of two blocks checkpointed
-    assert mb.activation_bytes_per_sample(cfg, cfg.stages[0], "bf16_autocast") == per_sample
-    assert mb.activation_bytes_per_sample(cfg, cfg.stages[0], "fp32") == 2 * per_sample
+    assert mb.activation_bytes_per_sample(cfg, resolve(cfg, 0), "bf16_autocast") == per_sample
+    assert mb.activation_bytes_per_sample(cfg, resolve(cfg, 0), "fp32") == 2 * per_sample
     n = count_params(a)["total"]
     assert mb.fixed_bytes(cfg, 2) == 16 * n
     assert mb.fixed_bytes(_cfg("parallel.strategy=fsdp"), 2) == 8 * n
@@ -29,7 +29,7 @@ def test_the_memory_model_by_hand():
 
 def test_the_largest_divisor_that_fits_and_why():
     cfg = _cfg()
-    stage = cfg.stages[0]
+    stage = resolve(cfg, 0)
     per_sample = mb.activation_bytes_per_sample(cfg, stage, "fp32")
     device = (mb.fixed_bytes(cfg, 2) + 10 * per_sample) / (1 - mb.RESERVE)  # room for 10 samples
     fit = mb.choose(cfg, stage, 2, device, "fp32")
@@ -41,8 +41,8 @@ def test_the_largest_divisor_that_fits_and_why():
 
 def test_found_once_and_recorded(tmp_path):
     cfg = _cfg()
-    stage = cfg.stages[0]
-    assert resolve(cfg, stage, 1).grad_accum == 1  # auto before fitting: the whole per-rank batch
+    stage = resolve(cfg, 0, 1)
+    assert stage.grad_accum == 1  # auto before fitting: the whole per-rank batch
     fit = mb.fit_micro_batch(cfg, stage, World(), tmp_path)
     assert fit["micro_batch"] == 48  # the CPU: the per-rank batch
     record = json.loads((tmp_path / mb.RECORD).read_text())

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clipav2 import exitcodes
-from clipav2.parallel.base import StepResult
+from clipav2.train.step import StepResult
 from nosync import forbid_host_sync
-from clipav2.parallel.skips import SkipCounter
+from clipav2.train.skips import SkipCounter
 from clipav2.train import faults
 from clipav2.train.faults import FaultMonitor, install_signal_handlers
 

@@ -9,12 +9,11 @@ import torch
 import clipav2
 from clipav2.config import load_config
 from clipav2.loss import clip_loss
-from clipav2.train.step import train_step
-from clipav2.parallel import build_strategy
-from clipav2.parallel.base import StepResult, to_host
+from clipav2.stage import resolve
+from clipav2.train.step import StepResult, TrainStep, to_host
 from clipav2.parallel.env import World
 from nosync import HostSyncError, forbid_host_sync
-from clipav2.parallel.skips import SkipCounter
+from clipav2.train.skips import SkipCounter
 from clipav2.optim import AdamWLowPrecisionMomentum, skip_step_on_device
 
 
@@ -39,10 +38,8 @@ def _strategy(*overrides):
     cfg = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=4", "parallel.micro_batch=2",
                              "parallel.precision=fp32", "stages.s.image_size=32", "stages.s.text_len=16",
                              "stages.s.warmup_steps=0", *overrides])
-    s = build_strategy(cfg, World())
     torch.manual_seed(0)
-    s.setup(clipav2.create_model("tiny"), cfg.stages[0])
-    return s
+    return TrainStep(cfg, resolve(cfg, 0, 1), World(), clipav2.create_model("tiny"))
 
 
 def _steps(s, nan_steps=(), n=3):
@@ -56,7 +53,7 @@ def _steps(s, nan_steps=(), n=3):
             calls.append(1)
             return clip_loss(*args) * (float("nan") if step in nan_steps and len(calls) == 2 else 1.0)
 
-        results.append(train_step(s, [(x, t, None)] * s.stage.grad_accum, loss)[0])
+        results.append(s([(x, t, None)] * s.stage.grad_accum, loss)[0])
     return results
 
 
@@ -84,9 +81,9 @@ def test_a_skipped_step_changes_nothing(overrides):
         s.lr = lambda: 1e-3  # the schedule moves on with a skipped step: hold the LR
     _steps(skipped, nan_steps=(1,), n=3)
     _steps(clean, n=2)
-    for (k, a), b in zip(skipped.model.state_dict().items(), clean.model.state_dict().values()):
+    for (k, a), b in zip(skipped.engine.model.state_dict().items(), clean.engine.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
-    for p_a, p_b in zip(skipped.module.parameters(), clean.module.parameters()):
+    for p_a, p_b in zip(skipped.engine.module.parameters(), clean.engine.module.parameters()):
         for key, value in skipped.optimizer.state[p_a].items():
             torch.testing.assert_close(value, clean.optimizer.state[p_b][key], rtol=0, atol=0, msg=key)
 

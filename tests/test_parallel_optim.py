@@ -7,7 +7,6 @@ import torch
 
 import clipav2
 from clipav2.config import ConfigError, StageConfig, load_config
-from clipav2.parallel import build_strategy
 from clipav2.parallel.env import World, first_host, launcher_env
 from clipav2.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
 
@@ -85,7 +84,7 @@ def test_bad_configuration_fails_before_a_model_exists(overrides, world, key, mo
     monkeypatch.setattr(clipav2, "create_model", lambda *a, **k: built.append(1))
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         cfg = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=16", "parallel.micro_batch=4", *overrides])
-        build_strategy(cfg, World(world_size=world))
+        cfg.validate(world)  # what the loop checks once the launcher's world is known
     assert not built
 
 

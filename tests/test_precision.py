@@ -7,9 +7,9 @@ import torch
 
 import clipav2
 from clipav2.config import load_config
-from clipav2.parallel import build_strategy
 from clipav2.parallel.env import World
-from clipav2.train.step import train_step
+from clipav2.stage import resolve
+from clipav2.train.step import TrainStep
 
 STEPS = 20
 
@@ -19,16 +19,15 @@ def _losses(precision):
                              "parallel.micro_batch=8", f"parallel.precision={precision}", "stages.s.image_size=32",
                              "stages.s.text_len=16", "stages.s.lr_base=1e-3", "stages.s.lr_base_batch=16",
                              "stages.s.warmup_steps=2"])
-    strategy = build_strategy(cfg, World())
     torch.manual_seed(0)
-    strategy.setup(clipav2.create_model("tiny"), cfg.stages[0])
+    strategy = TrainStep(cfg, resolve(cfg, 0, 1), World(), clipav2.create_model("tiny"))
     g = torch.Generator().manual_seed(1)
     images, ids = torch.randn(64, 3, 32, 32, generator=g), torch.randint(1, 32000, (64, 16), generator=g)
     out = []
     for step in range(STEPS):
         lo = (step % 4) * 16
         inputs = [(images[lo + i : lo + i + 8], ids[lo + i : lo + i + 8], None) for i in (0, 8)]
-        out.append(train_step(strategy, inputs)[0].to_host().loss)
+        out.append(strategy(inputs)[0].to_host().loss)
     return out, strategy
 
 
@@ -60,4 +59,4 @@ def test_the_policies_really_differ(runs):
 def test_master_weights_and_temperature_stay_fp32(runs):
     for policy in ("bf16_autocast", "bf16_params"):
         _, strategy = runs[policy]
-        assert all(p.dtype == torch.float32 for p in strategy.module.parameters())
+        assert all(p.dtype == torch.float32 for p in strategy.engine.module.parameters())

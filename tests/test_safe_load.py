@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipav2.parallel.dcp_io import SAFE_GLOBALS, _MetadataUnpickler
-from clipav2.train.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
+from clipav2.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
 
 
 def _global(module, name) -> bytes:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import clipav2.parallel
+from clipav2.train.step import TrainStep
 from clipav2 import exitcodes
 from clipav2.config import load_config
 from clipav2.train.metrics import METRIC_KEYS
@@ -23,21 +23,14 @@ def test_two_stage_run(tmp_path, data, monkeypatch, capsys):
 
     run = tmp_path / "run"
     cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, run), world_size=1, check_data=True)
-    seen = []  # (stage, optimizer state entries right after setup, step_count, first lr)
-    real_build = clipav2.parallel.build_strategy
+    seen = []  # (stage, optimizer state entries right after set-up, step count, first lr)
+    real_init = TrainStep.__init__
 
-    def spying_build(cfg_, world):
-        strategy = real_build(cfg_, world)
-        real_setup = strategy.setup
+    def spying_init(self, cfg_, stage, world, model):
+        real_init(self, cfg_, stage, world, model)
+        seen.append((stage.name, len(self.optimizer.state), self.count, self.lr(), self))
 
-        def setup(model, stage):
-            real_setup(model, stage)
-            seen.append((stage.name, len(strategy.optimizer.state), strategy.step_count, strategy.lr(), strategy))
-
-        strategy.setup = setup
-        return strategy
-
-    monkeypatch.setattr(clipav2.parallel, "build_strategy", spying_build)
+    monkeypatch.setattr(TrainStep, "__init__", spying_init)
     assert train(cfg) == exitcodes.OK
     out = capsys.readouterr().out
 

@@ -5,10 +5,10 @@ import copy
 import torch
 
 from clipav2.config import load_config
-from clipav2.parallel import build_strategy
 from clipav2.parallel.env import World
 from clipav2.train.stages import build_stage_model
-from clipav2.train.step import StepRunner
+from clipav2.stage import resolve
+from clipav2.train.step import TrainStep
 
 RECIPE = """\
 model: {name: tiny}
@@ -22,13 +22,11 @@ def _one_step(tmp_path, micro, model, batch):
     path = tmp_path / f"r{micro}.yaml"
     path.write_text(RECIPE.replace("MICRO", str(micro)))
     cfg = load_config(path, world_size=1)
-    strategy = build_strategy(cfg, World())
-    strategy.setup(copy.deepcopy(model), cfg.stages[0])
-    runner = StepRunner(strategy, cfg.seed)
+    runner = TrainStep(cfg, resolve(cfg, 0, 1), World(), copy.deepcopy(model))
     parts = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, 16, micro)]
     # lr_at(0) with no warmup is the peak: a real update
     result = runner.run(parts, step=1)
-    return result, strategy.model.state_dict()
+    return result, runner.engine.model.state_dict()
 
 
 def test_accumulation_equals_one_big_batch(tmp_path):
@@ -61,16 +59,14 @@ def test_non_finite_lr_on_the_first_step_applies_nothing(tmp_path):
     cfg = load_config(path, world_size=1)
     model = build_stage_model(cfg, 0, tmp_path)
     before = copy.deepcopy(model.state_dict())
-    strategy = build_strategy(cfg, World())
-    strategy.setup(model, cfg.stages[0])
-    strategy.lr = lambda: float("inf")  # what a broken schedule would hand the step
-    runner = StepRunner(strategy, cfg.seed)
+    runner = TrainStep(cfg, resolve(cfg, 0, 1), World(), model)
+    runner.lr = lambda: float("inf")  # what a broken schedule would hand the step
     g = torch.Generator().manual_seed(0)
     batch = {"images": torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g),
              "text": torch.randint(1000, 5000, (16, 16), generator=g)}
     result = runner.run([batch], step=1)
     assert bool(result.skipped)
-    for key, value in strategy.model.state_dict().items():
+    for key, value in runner.engine.model.state_dict().items():
         assert torch.equal(value, before[key]), key
-    assert all(not s for s in strategy.optimizer.state.values()) or all(
-        torch.count_nonzero(t) == 0 for s in strategy.optimizer.state.values() for k, t in s.items() if k != "step")
+    assert all(not s for s in runner.optimizer.state.values()) or all(
+        torch.count_nonzero(t) == 0 for s in runner.optimizer.state.values() for k, t in s.items() if k != "step")

@@ -11,9 +11,10 @@ from clipav2.cost.prices import Accelerator
 from clipav2.stage import resolve
 
 
-def stage_flops(cfg: Config, stage: StageConfig) -> int:
-    """Training FLOPs of one sample in this stage (3 x forward, kept image tokens, stage text length)."""
-    return resolve(cfg, stage).train_flops_per_sample
+def stage_flops(cfg: Config, index: int) -> int:
+    """Training FLOPs of one sample in stage number `index` (3 x forward, kept image tokens, stage
+    text length)."""
+    return resolve(cfg, index).train_flops_per_sample
 
 
 @dataclass

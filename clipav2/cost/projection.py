@@ -28,7 +28,7 @@ def project(cfg: Config, ledger: Ledger, current_stage: str, samples_per_s: floa
         raise ValueError(f"projection: no stage {current_stage!r} in the recipe ({names})")
     if samples_per_s <= 0:
         raise ValueError(f"projection: samples/s must be > 0, got {samples_per_s}")
-    flops = flops or {s.name: stage_flops(cfg, s) for s in cfg.stages}
+    flops = flops or {s.name: stage_flops(cfg, i) for i, s in enumerate(cfg.stages)}
     seconds_per_flop = 1.0 / (samples_per_s * flops[current_stage])  # wall seconds of the job
     scale = 1.0 + overhead_ratio(ledger)
     current = names.index(current_stage)

@@ -20,7 +20,7 @@ def _stage_flops(run: RunData) -> dict:
         return {}
     from clipav2.cost.plan import stage_flops
 
-    return {s.name: stage_flops(run.cfg, s) for s in run.cfg.stages}
+    return {s.name: stage_flops(run.cfg, i) for i, s in enumerate(run.cfg.stages)}
 
 
 def _peak_flops(run: RunData):

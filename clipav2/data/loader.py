@@ -22,7 +22,6 @@ from collections import Counter
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipav2.stage import resolve
 from clipav2.data.shards import expand_urls
 from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
 from clipav2.data.transforms import TrainTransform
@@ -58,7 +57,7 @@ class TrainLoader:
         self.rank, self.world_size = int(world.rank), int(world.world_size)
         self.workers = loader_workers(d, world.device)
         self.n_local = max(1, self.workers)
-        self.batch_size = resolve(cfg, stage, world.world_size).micro_batch
+        self.batch_size = stage.micro_batch
         self.urls = tuple(expand_urls(d.train))
         self.layout = {"urls": derive_seed(*self.urls), "n_shards": len(self.urls), "seed": cfg.seed,
                        "stage": stage.name, "world_size": self.world_size, "workers": self.workers,

@@ -44,10 +44,11 @@ def recipe_samples(cfg, stage_index: int, step: int) -> int:
 
 
 class PeriodicEval:
-    def __init__(self, cfg, stage_index: int, world):
+    def __init__(self, cfg, stage, world):
+        """`stage`: the resolved stage being trained (clipav2.stage.Stage)."""
         self.cfg, self.world = cfg, world
-        self.stage_index, self.stage = stage_index, cfg.stages[stage_index]
-        self.offset = recipe_samples(cfg, stage_index, 0)  # recipe samples before this stage
+        self.stage_index, self.stage = stage.index, stage
+        self.offset = recipe_samples(cfg, stage.index, 0)  # recipe samples before this stage
         self.every_samples, self.every_minutes = cfg.eval.every_samples, cfg.eval.every_minutes
         self.enabled = bool(cfg.data.eval) and bool(self.every_samples or self.every_minutes)
         self.last = time.monotonic()
@@ -70,18 +71,19 @@ class PeriodicEval:
             return any_rank(self.world, late)
         return False
 
-    def run(self, strategy) -> dict:
-        """Evaluate the live model on every rank; the training mode and RNG state are restored."""
+    def run(self, model) -> dict:
+        """Evaluate the live `model` (the engine's, wrapped) on every rank; the training mode and
+        RNG state are restored."""
         from clipav2.eval.run import evaluate
+        from clipav2.rng import rng_state, set_rng_state
         from clipav2.text import tokenize
-        from clipav2.train.checkpoint import rng_state, set_rng_state
 
         s, device = self.stage, self.world.device
         saved = rng_state()
-        model = EngineModel(strategy.model, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
+        model = EngineModel(model, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
         try:
             return evaluate(model, self.cfg, s, device, world=self.world)
         finally:
-            strategy.model.train()
+            model.train()
             set_rng_state(saved)
             self.last = time.monotonic()

@@ -1,31 +1,39 @@
-"""Pluggable parallelism: `build_strategy(cfg, world)` returns the engine whose primitives the
-training step (`clipav2.train.step`) drives; techniques are applied to the plain model by
-`clipav2.parallel.apply` (see `clipav2.parallel.base.Strategy` and docs/engine.md).
+"""Pluggable parallelism: `build_engine` applies the techniques (`clipav2.parallel.apply`) to a
+plain model and returns the engine whose primitives the training step (`clipav2.train.step`)
+drives, with the optimizer the step's factory built over the wrapped parameters (see
+`clipav2.parallel.base.Engine` and docs/engine.md). Nothing here knows of stages or configs:
 
-    world = init_distributed(cfg)
-    strategy = build_strategy(cfg, world)     # validates everything first: no model is built yet
-    strategy.setup(create_model(...), stage)
+    world = init_distributed(cfg.parallel)
+    engine, optimizer = build_engine(cfg.parallel, cfg.model, world, model, make_optimizer, shape)
 """
 from __future__ import annotations
 
 import importlib
 
-from clipav2.parallel.base import StepResult, Strategy
+from clipav2.parallel.apply import apply_ac, apply_compile
+from clipav2.parallel.base import Engine, StepShape, resolve_compile
 from clipav2.parallel.env import World, init_distributed
 
-__all__ = ["STRATEGIES", "build_strategy", "init_distributed", "StepResult", "Strategy", "World"]
+__all__ = ["STRATEGIES", "build_engine", "init_distributed", "Engine", "StepShape", "World"]
 
 # parallel.strategy -> (module, class); the engine's module is imported only when chosen
 STRATEGIES = {
-    "single": ("clipav2.parallel.native", "SingleStrategy"),
-    "ddp": ("clipav2.parallel.native", "DDPStrategy"),
-    "fsdp": ("clipav2.parallel.fsdp", "FSDPStrategy"),
-    "deepspeed": ("clipav2.parallel.deepspeed_strategy", "DeepSpeedStrategy"),
+    "single": ("clipav2.parallel.native", "SingleEngine"),
+    "ddp": ("clipav2.parallel.native", "DDPEngine"),
+    "fsdp": ("clipav2.parallel.fsdp", "FSDPEngine"),
+    "deepspeed": ("clipav2.parallel.deepspeed_engine", "DeepSpeedEngine"),
 }
 
 
-def build_strategy(cfg, world: World) -> Strategy:
-    """The engine, after the whole config is checked against the world (no model is built yet)."""
-    cfg.validate(world.world_size)
-    module, name = STRATEGIES[cfg.parallel.strategy]
-    return getattr(importlib.import_module(module), name)(cfg, world)
+def build_engine(parallel, model_settings, world: World, model, make_optimizer, shape: StepShape):
+    """Apply the techniques to `model` (built on the CPU, fp32) in their fixed order, wrap it in
+    the engine `parallel.strategy` names -> (engine, optimizer). `parallel` and `model_settings`
+    are the config's `parallel` and `model` sections (read: strategy, precision, checkpointing,
+    compile, ...); `make_optimizer(module, fused)` builds the optimizer."""
+    module, name = STRATEGIES[parallel.strategy]
+    engine = getattr(importlib.import_module(module), name)(parallel, world)
+    apply_ac(model, model_settings.checkpointing)
+    if resolve_compile(model_settings, world):
+        apply_compile(model)
+    optimizer = engine.wrap(model, make_optimizer, shape)
+    return engine, optimizer

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from clipav2 import compat
-from clipav2.train.safe_load import UnsafeCheckpoint, one_line
+from clipav2.safe_load import UnsafeCheckpoint, one_line
 
 _DCP = "torch.distributed.checkpoint."
 _TORCH_CONSTANTS = {  # dtypes, layouts, memory formats: values, not callables

@@ -1,5 +1,5 @@
-"""Who am I in the job? `init_distributed(cfg)` reads the launcher's environment and joins the
-process group. Three launchers are understood, by their environment variables alone:
+"""Who am I in the job? `init_distributed(cfg.parallel)` reads the launcher's environment and
+joins the process group. Three launchers are understood, by their environment variables alone:
 
 - torchrun and the `deepspeed` launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
 - SLURM `srun`: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_NODELIST
@@ -107,14 +107,15 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def init_distributed(cfg) -> World:
+def init_distributed(parallel) -> World:
     """Join the job's process group (once) and return this process's place in it.
 
-    A lone process still gets a one-member group when the strategy needs one (ddp, fsdp and
-    deepspeed all call collectives). `single` under a launcher of several processes is refused
+    `parallel`: the parallel settings (`cfg.parallel`: strategy, timeout_minutes). A lone process
+    still gets a one-member group when the strategy needs one (ddp, fsdp and deepspeed all call
+    collectives). `single` under a launcher of several processes is refused
     by the config's check against the world (`Config.validate`)."""
     info = launcher_env()
-    strategy = cfg.parallel.strategy
+    strategy = parallel.strategy
     if info is None and strategy != "single":
         info = {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1", "master_port": _free_port()}
     cuda = torch.cuda.is_available()
@@ -134,10 +135,10 @@ def init_distributed(cfg) -> World:
             backend="nccl" if cuda else "gloo",
             rank=info["rank"],
             world_size=info["world_size"],
-            timeout=datetime.timedelta(minutes=cfg.parallel.timeout_minutes),
+            timeout=datetime.timedelta(minutes=parallel.timeout_minutes),
             device_id=device if cuda else None,
         )
-        _make_host_group(cuda, cfg.parallel.timeout_minutes)
+        _make_host_group(cuda, parallel.timeout_minutes)
     return World(rank=info["rank"], world_size=info["world_size"], local_rank=local_rank, device=device)
 
 

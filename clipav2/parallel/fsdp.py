@@ -15,16 +15,15 @@ from __future__ import annotations
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 
-from clipav2.optim import build_optimizer
 from clipav2.parallel.apply import apply_fsdp
-from clipav2.parallel.native import SingleStrategy
+from clipav2.parallel.native import SingleEngine
 
 
-class FSDPStrategy(SingleStrategy):
+class FSDPEngine(SingleEngine):
     name = "fsdp"
 
     def _mesh(self):
-        world, shard = self.world.world_size, self.cfg.parallel.hsdp_shard_size
+        world, shard = self.world.world_size, self.parallel.hsdp_shard_size
         device_type = self.world.device.type
         if shard is None or shard >= world:
             return init_device_mesh(device_type, (world,))
@@ -32,11 +31,11 @@ class FSDPStrategy(SingleStrategy):
             raise ValueError(f"parallel.hsdp_shard_size: {shard} does not divide the world size {world}")
         return init_device_mesh(device_type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
 
-    def _wrap(self, model):
+    def wrap(self, model, make_optimizer, shape):
         model = model.to(self.world.device)
         param_dtype = torch.bfloat16 if self.precision == "bf16_params" else None
-        self.module = self.wrapped = self.model = apply_fsdp(model, self._mesh(), param_dtype, self.cfg.parallel.reshard_after_forward)
-        self.optimizer = build_optimizer(self.module, self.stage, self.cfg.parallel.bf16_momentum, fused=self.cfg.parallel.fused_optimizer)
+        self.module = self.wrapped = self.model = apply_fsdp(model, self._mesh(), param_dtype, self.parallel.reshard_after_forward)
+        return make_optimizer(self.module, self.parallel.fused_optimizer)  # over the shards
 
     def backward(self, loss, last):
         self.model.set_requires_gradient_sync(last)

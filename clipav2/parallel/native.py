@@ -8,36 +8,35 @@ from __future__ import annotations
 
 import contextlib
 
-from clipav2.optim import build_optimizer
 from clipav2.parallel.apply import apply_ddp, bf16_tower_forward
-from clipav2.parallel.base import Strategy
+from clipav2.parallel.base import Engine
 from clipav2.parallel.dcp_io import full_model_state, load_dcp, save_dcp
 
 
-class SingleStrategy(Strategy):
+class SingleEngine(Engine):
     name = "single"
 
-    def _wrap(self, model):
+    def wrap(self, model, make_optimizer, shape):
         self.module = model.to(self.world.device)
         self.wrapped = self._distribute(self.module)
         self.model = bf16_tower_forward(self.wrapped) if self.precision == "bf16_params" else self.wrapped
         # fused AdamW (CUDA and CPU) honours a device-side `found_inf`: no host sync to skip a step
-        self.optimizer = build_optimizer(self.module, self.stage, self.cfg.parallel.bf16_momentum, fused=self.cfg.parallel.fused_optimizer)
+        return make_optimizer(self.module, self.parallel.fused_optimizer)
 
     def _distribute(self, model):
         return model
 
-    def _save_state(self, path):
-        save_dcp(self.wrapped, self.optimizer, path / "state")
+    def save(self, path, optimizer):
+        save_dcp(self.wrapped, optimizer, path / "state")
 
-    def _load_state(self, path):
-        load_dcp(self.wrapped, self.optimizer, path / "state")
+    def load(self, path, optimizer):
+        load_dcp(self.wrapped, optimizer, path / "state")
 
     def full_state_dict(self):
         return full_model_state(self.wrapped, set(self.module.state_dict()))
 
 
-class DDPStrategy(SingleStrategy):
+class DDPEngine(SingleEngine):
     name = "ddp"
 
     def _distribute(self, model):

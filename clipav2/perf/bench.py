@@ -56,11 +56,10 @@ def load_bench_config(path, overrides, stage_name, flags, micro, opts: BenchOpti
     micro = micro or cfg.micro_batch_of(stage, world_size)
     cfg = load_config(path, base + batch_overrides(stage.name, micro, opts, world_size), world_size=world_size,
                       check_data=opts.data)
-    return cfg, resolve(cfg, cfg.stage(stage.name), world_size)
+    return cfg, resolve(cfg, [s.name for s in cfg.stages].index(stage.name), world_size)
 
 
 def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Row:
-    stage = resolve(cfg, stage, world.world_size)
     return Row(trainer=trainer, model=cfg.model.name, stage=stage.name, image_size=stage.image_size,
                kept_image_tokens=stage.kept_image_tokens, text_len=stage.text_len,
                device=device_name(world.device), world_size=world.world_size,
@@ -73,7 +72,6 @@ def _row(trainer: str, cfg, stage, world, opts: BenchOptions, flags: dict) -> Ro
 
 
 def _batches(cfg, stage, world, opts: BenchOptions):
-    stage = resolve(cfg, stage, world.world_size)
     if not opts.data:
         return inputs.synthetic_batches(stage.micro_batch, stage.image_size, stage.text_len, stage.arch.text.vocab_size, opts.grad_accum,
                                         world.device, seed=cfg.seed + world.rank)
@@ -89,7 +87,7 @@ def bench_ours(cfg, stage, world, opts: BenchOptions) -> Row:
     from clipav2.perf.ours import our_step
 
     p, m = cfg.parallel, cfg.model
-    flags = dict(precision=resolve_precision(cfg, world), strategy=p.strategy, compile=resolve_compile(cfg, world),
+    flags = dict(precision=resolve_precision(p, world), strategy=p.strategy, compile=resolve_compile(m, world),
                  attention=m.attention, checkpointing=m.checkpointing, zero_stage=p.zero_stage,
                  fused_optimizer=p.fused_optimizer, bf16_momentum=p.bf16_momentum)
     row = _row("clipav2", cfg, stage, world, opts, flags)
@@ -102,8 +100,7 @@ def bench_open_clip(cfg, stage, world, opts: BenchOptions) -> Row:
 
     if world.world_size > 1:
         raise ValueError("--baseline open_clip runs in one process: launch the benchmark without torchrun")
-    stage = resolve(cfg, stage, world.world_size)
-    precision = resolve_precision(cfg, world)
+    precision = resolve_precision(cfg.parallel, world)
     ckpt = cfg.model.checkpointing != "none"  # open_clip can only checkpoint every block
     flags = dict(precision=precision, strategy="single", compile=False, attention="open_clip default",
                  checkpointing="all" if ckpt else "none", optimizer="torch AdamW (foreach)")
@@ -129,7 +126,7 @@ def run_bench(path, overrides, cfg, stage, flags, opts: BenchOptions, auto_batch
     """Rows for our step and the baseline; with `auto_batch`, at the largest micro-batch that fits."""
     from clipav2.parallel import init_distributed
 
-    world = init_distributed(cfg)
+    world = init_distributed(cfg.parallel)
     if auto_batch:
         start = stage.micro_batch
         micro = search_micro_batch(path, overrides, stage.name, flags, opts, world, min(start, opts.search_max))

@@ -1,25 +1,22 @@
 """Our training step, built as `clipav2 train` builds it: the stage's fresh model
-(`train.stages.fresh_model`), `parallel.build_strategy` (which checkpoints, compiles and shards it
-as the config says), and the loop's own `train.step.StepRunner` (uint8 normalised on the device,
-the stage's kept-token count, the global-batch loss). No separate benchmark model."""
+(`train.stages.fresh_model`) and the loop's own `train.step.TrainStep` (whose engine checkpoints,
+compiles and shards it as the config says; uint8 normalised on the device, the stage's kept-token
+count, the global-batch loss). No separate benchmark model."""
 from __future__ import annotations
 
 import itertools
 
 
 def our_step(cfg, stage, world):
-    """Build model + strategy for a resolved `stage`; return `step(micro_batches) -> StepResult`."""
-    from clipav2.parallel import build_strategy
+    """Build model + engine for a resolved `stage`; return `step(micro_batches) -> StepResult`."""
     from clipav2.train.stages import fresh_model
-    from clipav2.train.step import StepRunner
+    from clipav2.train.step import TrainStep
 
-    strategy = build_strategy(cfg, world)
-    strategy.setup(fresh_model(cfg, stage), stage)
-    runner = StepRunner(strategy, cfg.seed)
+    train_step = TrainStep(cfg, stage, world, fresh_model(cfg, stage))
     counter = itertools.count()
 
     def step(micro_batches):
-        return runner.run(micro_batches, next(counter))
+        return train_step.run(micro_batches, next(counter))
 
-    step.strategy = strategy
+    step.train_step = train_step
     return step

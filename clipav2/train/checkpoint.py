@@ -3,19 +3,23 @@
     RUN_DIR/checkpoints/step_00001000/        complete: has manifest.json
     RUN_DIR/checkpoints/step_00002000.tmp/    being written (or a crash left it): ignored
 
-Every rank writes its shards into the `.tmp` directory (`strategy.save`), then the manifest
+Every rank writes its shards into the `.tmp` directory (the engine's `save`), its `extra` as
+extra/rank_<r>.json, the main rank the step's state as strategy.json; then the manifest
 (every file's size and CRC32, hashed in parallel by the ranks) is written last and the directory
 renamed; a directory without a manifest is incomplete. On resume the newest complete checkpoint
 whose files match their manifest is loaded; a truncated or corrupt one is skipped with a warning
 and the previous one used. Nothing here unpickles: manifests and `extra` are JSON, the strategies
 load tensors with weights_only / allow-listed readers.
+
+    step_00001000/strategy.json        engine name, stage, step count, skip counters, world size
+    step_00001000/extra/rank_<r>.json  each rank's `extra` (step, data position, RNG, ledger...)
+    step_00001000/state/ | deepspeed/  the engine's model and optimizer state
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
-import random
 import shutil
 import time
 import warnings
@@ -27,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.parallel.env import any_rank
-from clipav2.train.safe_load import one_line, weights_only_loads
+from clipav2.safe_load import one_line, weights_only_loads
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
@@ -147,30 +151,43 @@ def verify(directory: Path, world=None) -> str | None:
     return None
 
 
-def rng_state() -> dict:
-    """Every RNG the run draws from, as JSON."""
-    import numpy as np
-
-    state = {
-        "python": json.loads(json.dumps(random.getstate())),
-        "numpy": [v.tolist() if hasattr(v, "tolist") else v for v in np.random.get_state()],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state().tolist()
-    return state
+META = "strategy.json"
 
 
-def set_rng_state(state: dict) -> None:
-    import numpy as np
+def save_step_state(directory, step_state, extra: dict) -> None:
+    """Every rank: the engine's model and optimizer state, its own `extra` (JSON-able: step, data
+    position, RNG...); the main rank: the step's own state (META)."""
+    path, world = Path(directory), step_state.world
+    (path / "extra").mkdir(parents=True, exist_ok=True)
+    step_state.engine.save(path, step_state.optimizer)
+    skips = step_state.skips.state_dict()
+    (path / "extra" / f"rank_{world.rank}.json").write_text(json.dumps(extra))
+    if world.is_main:
+        meta = {
+            "strategy": step_state.engine.name,
+            "stage": step_state.stage.name,
+            "step_count": step_state.count,
+            "skipped_total": skips["total"],
+            "skips": skips,
+            "world_size": world.world_size,
+        }
+        (path / META).write_text(json.dumps(meta, indent=1))
+    if world.distributed:
+        dist.barrier()
 
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+def load_step_state(directory, step_state) -> dict:
+    """Restore model, optimizer, step count and skip counters written by `save_step_state`; returns this
+    rank's `extra` (rank 0's when the checkpoint came from a smaller world)."""
+    path = Path(directory)
+    meta = json.loads((path / META).read_text())
+    if meta["stage"] != step_state.stage.name:
+        raise ValueError(f"checkpoint {path} is of stage {meta['stage']!r}, the run is at stage {step_state.stage.name!r}")
+    step_state.engine.load(path, step_state.optimizer)
+    step_state.count = meta["step_count"]
+    step_state.skips.load_state_dict(meta.get("skips", {"total": meta["skipped_total"]}))
+    own = path / "extra" / f"rank_{step_state.world.rank}.json"
+    return json.loads((own if own.exists() else path / "extra" / "rank_0.json").read_text())
 
 
 class CheckpointManager:
@@ -240,12 +257,12 @@ class CheckpointManager:
                 raise IncompatibleCheckpoint(f"checkpoint {path} was made for another model or stage: {'; '.join(diff)}; "
                                              "resume with the recipe it was made with, or pass --fresh")
 
-    def save(self, strategy, step: int, extra: dict) -> Path:
+    def save(self, step_state, step: int, extra: dict) -> Path:
         """Write a checkpoint of `step`. A full disk raises NoSpace (one line naming the path and
         the checkpoint kept) after removing the half-written directory."""
         tmp = (self.root / f"{PREFIX}{step:08d}").with_suffix(".tmp")
         try:
-            return self._save(strategy, step, extra)
+            return self._save(step_state, step, extra)
         except (Exception, CheckpointException) as e:  # DCP's is a BaseException
             where = _no_space(e)
             if where is None:
@@ -256,21 +273,21 @@ class CheckpointManager:
             raise NoSpace(f"no space left on device writing {where or tmp}; previous checkpoint "
                           f"{kept[0] if kept else '(none)'} kept") from None
 
-    def _save(self, strategy, step: int, extra: dict) -> Path:
+    def _save(self, step_state, step: int, extra: dict) -> Path:
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = final.with_suffix(".tmp")
         if self._main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        strategy.save(tmp, extra)
+        save_step_state(tmp, step_state, extra)
         self._barrier()
         files = _checksums(tmp, self.world)
         if self._main:
             if self.fingerprint is not None:
                 (tmp / FINGERPRINT).write_text(json.dumps(self.fingerprint))
                 files[FINGERPRINT] = [(tmp / FINGERPRINT).stat().st_size, _crc32(tmp / FINGERPRINT)]
-            manifest = {"step": step, "time": time.time(), "world_size": strategy.world.world_size, "files": files}
+            manifest = {"step": step, "time": time.time(), "world_size": step_state.world.world_size, "files": files}
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -284,15 +301,16 @@ class CheckpointManager:
         self._last_save = time.monotonic()
         return final
 
-    def resume(self, strategy) -> dict | None:
-        """Load the newest good checkpoint into `strategy`; its `extra`, or None if there is none."""
+    def resume(self, step_state) -> dict | None:
+        """Load the newest good checkpoint into `step_state` (a `train.step.TrainStep`); its
+        `extra`, or None if there is none."""
         candidates = self.complete()
         for i, path in enumerate(candidates):
             problem = verify(path, self.world)
             if problem is None:
                 try:
                     with weights_only_loads():
-                        extra = strategy.load(path)
+                        extra = load_step_state(path, step_state)
                 except (Exception, CheckpointException) as e:  # DCP's is a BaseException
                     problem, extra = f"failed to load ({one_line(e)})", None
                 if not any_rank(self.world, problem is not None):

@@ -25,7 +25,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.train.checkpoint import MANIFEST, PREFIX, CheckpointManager, verify
-from clipav2.train.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
+from clipav2.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
 
 
 def find_step_dir(path) -> Path | None:
@@ -81,7 +81,7 @@ def _deepspeed_weights(path: Path) -> dict:
     from deepspeed.utils.tensor_fragment import fragment_address
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from clipav2.parallel.deepspeed_strategy import TAG
+    from clipav2.parallel.deepspeed_engine import TAG
 
     # zero_to_fp32 asks torch.load for full unpickling; weights_only_loads overrides it per call
     with weights_only_loads(), torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]), \

@@ -7,7 +7,7 @@
 
 A stage is done when its .safetensors exists; the first stage that is not resumes from its newest
 good checkpoint, or starts from the previous stage's weights (`stages.enter_stage` resizes them).
-The loop never branches on the engine: everything goes through the Strategy.
+The loop never branches on the engine: it drives the stage's `TrainStep` (clipav2.train.step).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from clipav2 import exitcodes
-from clipav2.config import to_dict
+from clipav2.config import ConfigError, to_dict
 from clipav2.parallel.env import any_rank
 from clipav2.train.metrics import JsonlWriter, MetricsLogger, quiet_library_warnings, stage_header
 from clipav2.train.skipcount import describe_skipped, summed_over_ranks
@@ -58,10 +58,9 @@ def prepare_demo_data(cfg, world) -> None:
 class _StageRun:
     """One stage in progress: what its steps, logs and saves share."""
     stage: object  # the resolved stage (clipav2.stage.Stage)
-    strategy: object
+    train_step: object  # clipav2.train.step.TrainStep: the engine and the step's state
     ckpt: object
     loader: object
-    runner: object
     periodic: object
     step: int = 0
     skipped_steps: int = 0
@@ -77,7 +76,7 @@ class Trainer:
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
         self.accel, self.price = resolve(cfg.cost.gpu, cfg.cost.price_per_gpu_hour, device_name(world.device))
-        self.flops = {s.name: stage_flops(cfg, s) for s in cfg.stages}
+        self.flops = {s.name: stage_flops(cfg, i) for i, s in enumerate(cfg.stages)}
         self.guard = BudgetGuard.from_config(cfg.cost) if world.is_main else None
         self.metrics = MetricsLogger(self.run_dir, world.is_main, cfg.log.tensorboard, cfg.log.progress,
                                      cfg.log.progress_seconds, cfg.log.wandb, to_dict(cfg))
@@ -150,11 +149,12 @@ class Trainer:
         from clipav2.data import build_train_loader
         from clipav2.data.loader import host_memory_note
         from clipav2.eval.periodic import PeriodicEval
-        from clipav2.parallel import build_strategy, micro_batch
+        from clipav2 import micro_batch
+        from clipav2.rng import set_rng_state
         from clipav2.stage import resolve
         from clipav2.text import make_text_transform
-        from clipav2.train.checkpoint import CheckpointManager, fingerprint, set_rng_state
-        from clipav2.train.step import StepRunner
+        from clipav2.train.checkpoint import CheckpointManager, fingerprint
+        from clipav2.train.step import TrainStep
 
         cfg, world = self.cfg, self.world
         ckpt = CheckpointManager.from_config(cfg, world, root=self.run_dir / "checkpoints" / cfg.stages[index].name)
@@ -167,10 +167,9 @@ class Trainer:
             fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
             stage = stage.with_micro_batch(cfg, fit["micro_batch"])
             _say(world, micro_batch.explain(stage.name, fit))
-        strategy = build_strategy(cfg, world)
-        strategy.setup(model, stage)
+        train_step = TrainStep(cfg, stage, world, model)
         del model
-        extra = (ckpt.resume(strategy) if has_ckpt else None) or {}
+        extra = (ckpt.resume(train_step) if has_ckpt else None) or {}
         if extra.get("rng"):
             set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
@@ -180,14 +179,14 @@ class Trainer:
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         _say(world, host_memory_note(loader, stage))
-        run = _StageRun(stage, strategy, ckpt, loader, StepRunner(strategy, cfg.seed), PeriodicEval(cfg, index, world),
+        run = _StageRun(stage, train_step, ckpt, loader, PeriodicEval(cfg, stage, world),
                         step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
         _say(world, stage_header(stage, len(cfg.stages), run.step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
         return run
 
     def _save(self, run: _StageRun, budget_stop: float | None = None) -> None:
-        from clipav2.train.checkpoint import rng_state
+        from clipav2.rng import rng_state
 
         stage, step = run.stage, run.step
         with self._timed(stage.name, "checkpoint"):
@@ -197,7 +196,7 @@ class Trainer:
             if self.ledger is not None:
                 self.ledger.set_progress(stage.name, step, step * stage.global_batch)
                 state["ledger"] = self.ledger.state_dict()
-            run.ckpt.save(run.strategy, step, state)
+            run.ckpt.save(run.train_step, step, state)
 
     def _train(self, run: _StageRun) -> int | None:
         """The stage's steps, with logging, evaluation and checkpoints; an exit code if it stopped early."""
@@ -217,17 +216,17 @@ class Trainer:
             if audit is not None:
                 audit.write(stage.name, run.step, micro)
             if run.step == first_step:  # the stage's first step: say which kernel ran
-                result = self._first_step(run.runner, micro, run.step)
+                result = self._first_step(run.train_step, micro, run.step)
             else:
-                result = run.runner.run(micro, run.step)  # device tensors: no host sync here
+                result = run.train_step.run(micro, run.step)  # device tensors: no host sync here
             t_done = time.perf_counter()
             run.step += 1
             self._charge(stage.name, "data_wait", t_step - t_wait)
             self._charge(stage.name, "train", t_done - t_step)
-            window.add(result, t_step - t_wait, run.runner)
+            window.add(result, t_step - t_wait, run.train_step)
             stop, report = None, None
             if run.step % cfg.log.every_steps == 0 or run.step == stage.steps:
-                report = run.strategy.skips.read()  # the interval's one device->host read, with the window's
+                report = run.train_step.skips.read()  # the interval's one device->host read, with the window's
                 run.skipped_steps = report.total
                 stop = self._log(run, window)
             code = monitor.after_step(run.step, result, report)
@@ -237,7 +236,7 @@ class Trainer:
                 _say(world, monitor.message if code is not None else self.guard_message())
                 return code if code is not None else exitcodes.BUDGET
             if run.periodic.due(run.step, at_log_step=report is not None):
-                self._evaluate(stage.index, run.step, lambda: run.periodic.run(run.strategy), "periodic")
+                self._evaluate(stage, run.step, lambda: run.periodic.run(run.train_step.engine.model), "periodic")
             if run.step < stage.steps and run.ckpt.due(run.step):
                 self._save(run)
         self.metrics.close_bar()
@@ -250,13 +249,13 @@ class Trainer:
         world, stage = self.world, run.stage
         _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, run.loader.skipped))}")
         t = time.perf_counter()
-        full = run.strategy.full_state_dict()
+        full = run.train_step.engine.full_state_dict()
         bad = nonfinite_weights(full) if world.is_main else None
         if any_rank(world, bad is not None):
             _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
                         f"not written, exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
-        run.strategy = run.runner = None  # the engine's memory goes before the evaluation's
+        run.train_step = None  # the engine's memory goes before the evaluation's
         run.loader.close()
         gc.collect()
         eval_seconds = self._finish_stage(stage, full, run.step)  # charged as eval there
@@ -266,19 +265,19 @@ class Trainer:
         self.t_start = time.perf_counter()
         return exitcodes.OK
 
-    def _first_step(self, runner, micro, step):
+    def _first_step(self, train_step, micro, step):
         """A step under the profiler, to print the attention kernel SDPA really chose."""
         from clipav2.models.kernels import attention_kernels, describe
 
         with attention_kernels() as ran:
-            result = runner.run(micro, step)
+            result = train_step.run(micro, step)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
         if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
             import torch
 
-            from clipav2.parallel.micro_batch import record_trial
+            from clipav2.micro_batch import record_trial
 
-            record_trial(self.run_dir, runner.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
+            record_trial(self.run_dir, train_step.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
         return result
 
     def guard_message(self) -> str:
@@ -318,14 +317,13 @@ class Trainer:
             stop = decision == "stop"
         return "stop" if any_rank(world, stop) else None
 
-    def _evaluate(self, index: int, step: int, run, when: str) -> float:
+    def _evaluate(self, stage, step: int, run, when: str) -> float:
         """Run an evaluation (`run()`: collective for "periodic", main rank only at a stage's end),
         charge its time to the ledger as eval, and record it (main rank) with the recipe's samples
         seen, GPU-hours and dollars at that point. Returns the seconds it took."""
         from clipav2.eval.periodic import recipe_samples
         from clipav2.eval.run import describe
 
-        stage = self.cfg.stages[index]
         t = time.perf_counter()
         result = run()
         seconds = time.perf_counter() - t
@@ -334,7 +332,7 @@ class Trainer:
             return seconds
         self.ledger.set_progress(stage.name, step, step * stage.global_batch)
         record = {"stage": stage.name, "step": step, "samples_seen": step * stage.global_batch,
-                  "recipe_samples": recipe_samples(self.cfg, index, step),
+                  "recipe_samples": recipe_samples(self.cfg, stage.index, step),
                   "gpu_hours": self.ledger.total_gpu_seconds / 3600.0, "cost_usd": self.ledger.total_usd,
                   "when": when, "time": time.time(),
                   **{k: v for part in result.values() for k, v in part.items()}, **result}
@@ -354,7 +352,7 @@ class Trainer:
             model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
             try:
                 if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                    eval_seconds = self._evaluate(stage.index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
+                    eval_seconds = self._evaluate(stage, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
             finally:  # an evaluation that fails must not cost the stage its weights
                 self.ledger.set_progress(stage.name, step, step * stage.global_batch)
                 save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
@@ -388,14 +386,14 @@ class _Window:
         self.t0, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
         self.results, self.scale = [], None
 
-    def add(self, result, data_wait: float, runner) -> None:
+    def add(self, result, data_wait: float, train_step) -> None:
         self.steps += 1
         self.data_wait += data_wait
         self.results.append(result)
-        self.scale = runner.last_scale
+        self.scale = train_step.last_scale
 
     def close(self, step: int) -> dict:
-        from clipav2.parallel.base import to_host
+        from clipav2.train.step import to_host
 
         results = to_host(self.results)  # one device->host copy for the whole interval
         scale = float(self.scale) if self.scale is not None else float("nan")
@@ -417,19 +415,20 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
-    world = init_distributed(cfg)
+    world = init_distributed(cfg.parallel)
     quiet_library_warnings()
     install_signal_handlers(RUN_SIGNALS)  # once per run: a signal between stages is honoured in the next
     lock = None
     try:
         try:
+            cfg.validate(world.world_size)  # against the world the launcher really made, before any model
             lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
             if fresh:
                 rundir.start_fresh(cfg, world)
             if cfg.data.demo:
                 prepare_demo_data(cfg, world)
             rundir.prepare(cfg, world)  # stale .tmp removed, recipe unchanged, config.yaml written
-        except (RunDirBusy, rundir.RecipeChanged) as e:
+        except (ConfigError, RunDirBusy, rundir.RecipeChanged) as e:
             if world.is_main:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG

@@ -1,7 +1,9 @@
 """One optimizer step, for every engine: uint8 micro-batches in, normalised on the device, kept
 patch indices drawn per sample, InfoNCE over the GLOBAL batch, gradient clipping and the
-optimizer step with a device-side skip. The engine (`clipav2.parallel`) only supplies its
-primitives (forward, backward, gradient sync, norm); DeepSpeed alone steps itself.
+optimizer step with a device-side skip. `TrainStep` owns the step's state: the optimizer (the
+one place `build_optimizer` is called), the LR schedule, the step count and the skip counter. The
+engine (`clipav2.parallel`) only supplies its primitives (forward, backward, gradient sync, norm,
+saving); DeepSpeed alone steps itself.
 
 With one micro-step per rank the loss is `clip_loss` over the gathered micro-batches. With
 gradient accumulation the contrastive loss still spans the whole global batch (as CLIPA's large
@@ -15,15 +17,47 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.distributed as dist
 
 from clipav2.data import normalize
 from clipav2.loss import clip_loss
-from clipav2.optim import skip_step_on_device
-from clipav2.parallel.base import StepResult
+from clipav2.optim import build_optimizer, lr_at, skip_step_on_device
+from clipav2.parallel import StepShape, build_engine
 from clipav2.reduce.image import keep_indices
+from clipav2.train.skips import SkipCounter
+
+
+@dataclass
+class StepResult:
+    """What one step did. Fields may be 0-d device tensors (reading them syncs the host with the
+    device): call `to_host()` when logging, not every step."""
+
+    lr: float  # the learning rate this step used (always a host float)
+    grad_norm: float | torch.Tensor  # global L2 norm of the gradient before clipping (inf/nan when skipped for it)
+    skipped: bool | torch.Tensor  # True: the loss or gradient was non-finite and the update was not applied
+    loss: float | torch.Tensor  # mean loss over this step's micro-steps and ranks
+
+    def to_host(self) -> "StepResult":
+        """The same result with plain floats and a bool (one device->host copy for all fields)."""
+        return to_host([self])[0]
+
+
+def to_host(results: list[StepResult]) -> list[StepResult]:
+    """Many results read back with a single device->host copy (a log interval's worth)."""
+    names = [f.name for f in fields(StepResult)]
+    tensors = [getattr(r, n) for r in results for n in names if isinstance(getattr(r, n), torch.Tensor)]
+    if tensors:
+        device = tensors[0].device
+        values = iter(torch.stack([t.detach().reshape(()).float().to(device) for t in tensors]).tolist())
+    out = []
+    for r in results:
+        host = {n: next(values) if isinstance(getattr(r, n), torch.Tensor) else getattr(r, n) for n in names}
+        out.append(replace(r, lr=float(host["lr"]), grad_norm=float(host["grad_norm"]), skipped=bool(host["skipped"]),
+                           loss=float(host["loss"])))
+    return out
 
 
 def keep_seed(seed: int, stage_index: int, step: int, rank: int, micro: int) -> int:
@@ -41,72 +75,88 @@ def _one_nth_of_the_gradient(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.detach() + (x - x.detach()) / n
 
 
-def _losses(strategy, inputs, loss_fn):
+def _losses(engine, inputs, loss_fn):
     """Forward and backward of every micro-step -> the last micro-step's loss (all are equal)."""
-    n, world = len(inputs), strategy.world
+    n, world = len(inputs), engine.world
     if n > 1:
-        with torch.no_grad(), strategy.autocast():
-            cached = [strategy.model(*x)[:2] for x in inputs]
+        with torch.no_grad(), engine.autocast():
+            cached = [engine.model(*x)[:2] for x in inputs]
     for i, x in enumerate(inputs):
         last = i == n - 1
-        with strategy.no_sync(last):
-            with strategy.autocast():
-                img, txt, scale = strategy.model(*x)
+        with engine.no_sync(last):
+            with engine.autocast():
+                img, txt, scale = engine.model(*x)
             if n > 1:
                 img = torch.cat([c[0] for c in cached[:i]] + [img] + [c[0] for c in cached[i + 1 :]])
                 txt = torch.cat([c[1] for c in cached[:i]] + [txt] + [c[1] for c in cached[i + 1 :]])
                 scale = _one_nth_of_the_gradient(scale, n)
             loss = loss_fn(img, txt, scale, world)
-            strategy.backward(loss, last)
+            engine.backward(loss, last)
     return loss.detach().float(), scale.detach()
 
 
-def _update(strategy, lr: float, loss: torch.Tensor):
-    """Clip and apply the update unless the loss, the gradient norm or the LR is non-finite, decided on
-    the device -> (grad_norm, skipped) as 0-d device tensors."""
-    lr_ok = math.isfinite(lr)  # a host float: checking it costs no sync
-    if strategy.owns_update:
-        norm, skipped = strategy.engine_step(lr if lr_ok else 0.0)
-        return norm, skipped or not lr_ok
-    norm = strategy.grad_norm()
-    skipped = ~(torch.isfinite(norm) & torch.isfinite(loss))
-    if not lr_ok:
-        skipped = torch.ones_like(skipped)
-        lr = 0.0
-    if strategy.stage.grad_clip is not None:
-        strategy.clip_grads(norm, strategy.stage.grad_clip)  # a non-finite norm only spoils dropped grads
-    strategy.set_lr(lr)
-    skip_step_on_device(strategy.optimizer, skipped)
-    strategy.optimizer.zero_grad(set_to_none=True)
-    return norm.detach(), skipped
+class TrainStep:
+    """The optimizer steps of one stage (a resolved `clipav2.stage.Stage`) of a fresh model: the
+    engine built around it, and the state the step owns (optimizer, LR schedule, step count,
+    device-side skip counter). The optimizer and the schedule start fresh with every stage."""
 
+    def __init__(self, cfg, stage, world, model):
+        self.stage, self.world, self.seed = stage, world, cfg.seed
+        bf16_momentum = cfg.parallel.bf16_momentum
 
-def train_step(strategy, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepResult, torch.Tensor]:
-    """One optimizer step over this rank's micro-batches `inputs` [(images, ids, keep), ...]
-    -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
-    (no host sync except under DeepSpeed). The step counts even when skipped, so the LR schedule
-    and the data stream stay in lock-step with the step number."""
-    loss, scale = _losses(strategy, inputs, loss_fn)
-    loss = loss.reshape(1)
-    if strategy.world.distributed:
-        dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
-        loss = loss / strategy.world.world_size
-    loss = loss.reshape(())
-    lr = strategy.lr()
-    grad_norm, skipped = _update(strategy, lr, loss)
-    strategy.step_count += 1
-    strategy.skips.update(skipped, strategy.step_count)
-    return StepResult(lr=lr, grad_norm=grad_norm, skipped=skipped, loss=loss), scale
+        def make_optimizer(module, fused: bool):
+            return build_optimizer(module, stage, bf16_momentum, fused=fused)
 
-
-class StepRunner:
-    """Builds the per-micro-batch inputs of the loader's batches and runs `train_step`, for the
-    stage the strategy is set up for (its resolved `clipav2.stage.Stage`)."""
-
-    def __init__(self, strategy, seed: int):
-        self.strategy, self.stage, self.seed = strategy, strategy.stage, seed
-        self.world = strategy.world
+        shape = StepShape(stage.global_batch, stage.micro_batch, stage.grad_accum, stage.grad_clip)
+        self.engine, self.optimizer = build_engine(cfg.parallel, cfg.model, world, model, make_optimizer, shape)
+        self.count = 0  # optimizer steps of this stage taken so far (skipped ones included)
+        self.skips = SkipCounter(world.device)  # on the device: read it when logging
         self.last_scale = None  # the exponentiated temperature of the last forward (device tensor)
+
+    def lr(self) -> float:
+        s = self.stage
+        return lr_at(self.count, s.peak_lr, s.warmup_steps, s.steps)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _update(self, lr: float, loss: torch.Tensor):
+        """Clip and apply the update unless the loss, the gradient norm or the LR is non-finite,
+        decided on the device -> (grad_norm, skipped) as 0-d device tensors."""
+        engine = self.engine
+        lr_ok = math.isfinite(lr)  # a host float: checking it costs no sync
+        if engine.owns_update:
+            norm, skipped = engine.step(lr if lr_ok else 0.0, self.optimizer)
+            return norm, skipped or not lr_ok
+        norm = engine.grad_norm()
+        skipped = ~(torch.isfinite(norm) & torch.isfinite(loss))
+        if not lr_ok:
+            skipped = torch.ones_like(skipped)
+            lr = 0.0
+        if self.stage.grad_clip is not None:
+            engine.clip_grads(norm, self.stage.grad_clip)  # a non-finite norm only spoils dropped grads
+        self._set_lr(lr)
+        skip_step_on_device(self.optimizer, skipped)
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach(), skipped
+
+    def __call__(self, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepResult, torch.Tensor]:
+        """One optimizer step over this rank's micro-batches `inputs` [(images, ids, keep), ...]
+        -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
+        (no host sync except under DeepSpeed). The step counts even when skipped, so the LR
+        schedule and the data stream stay in lock-step with the step number."""
+        loss, scale = _losses(self.engine, inputs, loss_fn)
+        loss = loss.reshape(1)
+        if self.world.distributed:
+            dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
+            loss = loss / self.world.world_size
+        loss = loss.reshape(())
+        lr = self.lr()
+        grad_norm, skipped = self._update(lr, loss)
+        self.count += 1
+        self.skips.update(skipped, self.count)
+        return StepResult(lr=lr, grad_norm=grad_norm, skipped=skipped, loss=loss), scale
 
     def inputs(self, batch: dict, step: int, micro: int):
         """(normalised images, token ids, kept patch indices or None) on the device."""
@@ -120,5 +170,6 @@ class StepRunner:
         return images, ids, keep
 
     def run(self, batches: list[dict], step: int) -> StepResult:
-        result, self.last_scale = train_step(self.strategy, [self.inputs(b, step, i) for i, b in enumerate(batches)])
+        """The step of the loader's micro-batches `batches` at step number `step` (0-based)."""
+        result, self.last_scale = self([self.inputs(b, step, i) for i, b in enumerate(batches)])
         return result

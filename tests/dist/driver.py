@@ -34,12 +34,13 @@ from safetensors.torch import save_file
 import clipav2
 from clipav2.config import load_config
 from clipav2.loss import clip_loss
-from clipav2.parallel import build_strategy, init_distributed
-from clipav2.parallel.base import to_host
+from clipav2.parallel import init_distributed
+from clipav2.stage import resolve
 from nosync import forbid_host_sync
-from clipav2.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from clipav2.rng import rng_state, set_rng_state
+from clipav2.train.checkpoint import CheckpointManager
 from clipav2.train.faults import FaultMonitor, install_signal_handlers
-from clipav2.train.step import train_step
+from clipav2.train.step import TrainStep, to_host
 
 GLOBAL_BATCH = 16
 
@@ -103,11 +104,10 @@ def run(a):
         *a.set,
     ]
     cfg = load_config(None, overrides)
-    world = init_distributed(cfg)
-    strategy = build_strategy(cfg, world)
-    stage = cfg.stages[0]
+    world = init_distributed(cfg.parallel)
+    cfg.validate(world.world_size)
     torch.manual_seed(0)
-    strategy.setup(clipav2.create_model("tiny"), stage)
+    strategy = TrainStep(cfg, resolve(cfg, 0, world.world_size), world, clipav2.create_model("tiny"))
     n_micro = strategy.stage.grad_accum
     images, ids = data(a.steps * GLOBAL_BATCH)
     ckpt = CheckpointManager(Path(a.out) / "checkpoints", a.ckpt_every, 10**6, 2, world)
@@ -143,7 +143,7 @@ def run(a):
             return loss * float("nan") if step in nan_steps and world.rank == 0 else loss
 
         with forbid_host_sync() if a.no_sync else contextlib.nullcontext():
-            pending.append(train_step(strategy, inputs, loss_fn)[0])
+            pending.append(strategy(inputs, loss_fn)[0])
         log_step = (step + 1) % a.log_every == 0 or step + 1 == a.steps
         skips = strategy.skips.read() if log_step else None
         code = monitor.after_step(step + 1, pending[-1], skips)
@@ -157,7 +157,7 @@ def run(a):
             sys.exit(code)
     if world.is_main:
         log_path.write_text(json.dumps(log))
-    weights = strategy.full_state_dict()
+    weights = strategy.engine.full_state_dict()
     if world.is_main:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(Path(a.out) / "final.safetensors"))
     if world.distributed:

@@ -14,8 +14,10 @@ import torch
 from clipav2.config import load_config
 from clipav2.eval.periodic import PeriodicEval
 from clipav2.eval.run import evaluate
-from clipav2.parallel import build_strategy, init_distributed
+from clipav2.parallel import init_distributed
+from clipav2.stage import resolve
 from clipav2.train.stages import build_stage_model
+from clipav2.train.step import TrainStep
 
 
 def main(argv):
@@ -26,14 +28,14 @@ def main(argv):
     world = None
     for name in strategies:
         cfg = load_config(recipe, [f"parallel.strategy={name}", *overrides])
-        world = world or init_distributed(cfg)
-        stage = cfg.stages[0]
-        strategy = build_strategy(cfg, world)
-        strategy.setup(build_stage_model(cfg, 0, cfg.run_dir), stage)
+        world = world or init_distributed(cfg.parallel)
+        cfg.validate(world.world_size)
+        stage = resolve(cfg, 0, world.world_size)
+        strategy = TrainStep(cfg, stage, world, build_stage_model(cfg, 0, cfg.run_dir))
         before = torch.get_rng_state()
-        shared = PeriodicEval(cfg, 0, world).run(strategy)
+        shared = PeriodicEval(cfg, stage, world).run(strategy.engine.model)
         entry = {"shared": shared, "rng_kept": bool(torch.equal(before, torch.get_rng_state())),
-                 "training_mode": bool(strategy.model.training)}
+                 "training_mode": bool(strategy.engine.model.training)}
         if world.is_main:  # the same initial weights (seeded), one process, the whole set
             entry["alone"] = evaluate(build_stage_model(cfg, 0, cfg.run_dir), cfg, stage, world.device)
             results[name] = entry

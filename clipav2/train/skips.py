@@ -15,7 +15,7 @@ import torch
 
 @dataclass(frozen=True)
 class SkipReport:
-    total: int  # skipped steps so far (this strategy's stage, resumed counts included)
+    total: int  # skipped steps so far (this stage, resumed counts included)
     longest_run: int  # the longest run of consecutive skips since the previous read
     longest_run_first_step: int  # its first step (1-based step number; 0 when there was none)
     current_run: int  # consecutive skips ending at the latest step (0 if it was applied)
@@ -57,7 +57,3 @@ class SkipCounter:
     def load_state_dict(self, state: dict) -> None:
         for f in self.FIELDS:
             setattr(self, f, torch.tensor(int(state.get(f, 0)), dtype=torch.int64, device=self.device))
-
-    def new_stage(self) -> None:
-        """Step numbers restart with a stage: forget the runs (a run does not span stages)."""
-        self.load_state_dict({"total": int(self.total.item())})

@@ -22,8 +22,7 @@ import math
 import torch
 
 from clipav2 import compat
-from clipav2.parallel.base import Strategy
-from clipav2.optim import build_optimizer
+from clipav2.parallel.base import Engine
 
 TAG = "zero"
 ZERO_STAGES = (1, 2, 3)  # parallel.zero_stage
@@ -37,21 +36,22 @@ def merge(ours: dict, theirs: dict) -> dict:
     return out
 
 
-def deepspeed_config(cfg, stage, precision: str) -> dict:
-    """Ours for a resolved `stage` (clipav2.stage), with the user's JSON merged over it."""
+def deepspeed_config(parallel, shape, precision: str) -> dict:
+    """Ours for the step's `shape` (`parallel.base.StepShape`), with the user's JSON
+    (`parallel.deepspeed_config`) merged over it."""
     ours = {
-        "train_batch_size": stage.global_batch,
-        "train_micro_batch_size_per_gpu": stage.micro_batch,
-        "gradient_accumulation_steps": stage.grad_accum,
-        "gradient_clipping": stage.grad_clip or 0.0,
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "train_batch_size": shape.global_batch,
+        "train_micro_batch_size_per_gpu": shape.micro_batch,
+        "gradient_accumulation_steps": shape.grad_accum,
+        "gradient_clipping": shape.grad_clip or 0.0,
+        "zero_optimization": {"stage": parallel.zero_stage},
         "bf16": {"enabled": precision == "bf16_params", "check_grad_overflow": True},
         "zero_allow_untested_optimizer": True,  # our torch AdamW
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    if cfg.parallel.deepspeed_config:
-        with open(cfg.parallel.deepspeed_config) as f:
+    if parallel.deepspeed_config:
+        with open(parallel.deepspeed_config) as f:
             ours = merge(ours, json.load(f))
     return ours
 
@@ -72,7 +72,7 @@ def _safe_checkpoint_engine(engine_cls):
     return SafeEngine
 
 
-class DeepSpeedStrategy(Strategy):
+class DeepSpeedEngine(Engine):
     """The one engine that owns backward and the optimizer step. `bf16_params` is DeepSpeed's
     bf16 mode (the module is cast to bf16, fp32 master weights in the optimizer, the temperature
     included); `bf16_autocast` keeps DeepSpeed in fp32 and runs the forward under torch.autocast."""
@@ -80,37 +80,39 @@ class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
     owns_update = True
 
-    def _wrap(self, model):
+    def wrap(self, model, make_optimizer, shape):
         import deepspeed
 
         model = model.to(self.world.device)
-        optimizer = build_optimizer(model, self.stage, self.cfg.parallel.bf16_momentum, fused=False)
-        config = deepspeed_config(self.cfg, self.stage, self.precision)
+        optimizer = make_optimizer(model, False)
+        config = deepspeed_config(self.parallel, shape, self.precision)
         self.ds_config = config
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
         compat.swap_checkpoint_engine(engine, _safe_checkpoint_engine)
-        self.model, self.module, self.optimizer = engine, engine.module, optimizer
+        self.model, self.module = engine, engine.module
+        return optimizer  # DeepSpeed's, wrapping ours: the LR is set on its groups
 
     def backward(self, loss, last):
         self.model.backward(loss, scale_wrt_gas=False)  # the step has scaled the loss already
         if not last:
             self.model.step()  # a no-op before the accumulation boundary, as DeepSpeed expects
 
-    def engine_step(self, lr):
+    def step(self, lr, optimizer):
         """DeepSpeed's engine checks the gradients for overflow on the host inside `step()` (it
-        decides there whether to call the optimizer), so this strategy syncs once per step
+        decides there whether to call the optimizer), so this engine syncs once per step
         whatever we do; we read its verdict back as host values."""
-        self.set_lr(lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         self.model.step()
         norm = self.model.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
         skipped = not (self.model.was_step_applied() and math.isfinite(norm))
         return norm, skipped
 
-    def _save_state(self, path):
+    def save(self, path, optimizer):
         self.model.save_checkpoint(str(path / "deepspeed"), tag=TAG, save_latest=False)
 
-    def _load_state(self, path):
+    def load(self, path, optimizer):
         load_path, _ = self.model.load_checkpoint(
             str(path / "deepspeed"), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -28,12 +28,12 @@ def _towers(stage):
 
 
 def activation_bytes_per_sample(cfg, stage, precision: str) -> int:
+    """`stage`: resolved (clipav2.stage.Stage)."""
     from clipav2.parallel.apply import checkpoint_flags
-    from clipav2.stage import resolve
 
     scale = 1 if precision.startswith("bf16") else 2
     total = 0
-    for tokens, width, depth in _towers(resolve(cfg, stage)):
+    for tokens, width, depth in _towers(stage):
         for recompute in checkpoint_flags(cfg.model.checkpointing, depth):
             total += (2 if recompute else 34) * tokens * width * scale
     return total
@@ -56,9 +56,6 @@ def fixed_bytes(cfg, world_size: int, arch=None) -> int:
 
 def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> dict:
     """The largest divisor of the per-rank batch the model says fits, with the figures behind it."""
-    from clipav2.stage import resolve
-
-    stage = resolve(cfg, stage)
     per_rank = stage.global_batch // world_size
     per_sample = activation_bytes_per_sample(cfg, stage, precision)
     fixed = fixed_bytes(cfg, world_size, stage.arch)
@@ -114,7 +111,7 @@ def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
     records = json.loads(path.read_text()) if path.is_file() else {}
     key = _key(stage, world)
     if key not in records:
-        records[key] = choose(cfg, stage, world.world_size, _free_bytes(world), resolve_precision(cfg, world))
+        records[key] = choose(cfg, stage, world.world_size, _free_bytes(world), resolve_precision(cfg.parallel, world))
         if world.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(records, indent=1))
