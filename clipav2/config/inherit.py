@@ -6,14 +6,14 @@
   each starting from the base's stage of the same name (if there is one).
 - `stage_defaults:` is merged under every stage, after the bases and overrides are applied.
 
-The result is a plain mapping for `clipav2.config` to type and validate.
+The result is a plain mapping for `clipav2.config.load` to type and validate.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from clipav2.config import ConfigError
+from clipav2.config.schema import ConfigError
 
 
 def read_recipe(path: Path, read: Callable[[Path], dict], chain: tuple = ()) -> dict:
