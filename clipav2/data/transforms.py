@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 from clipav2.data.records import load_rgb, open_image
-from clipav2.eval.protocol import PROTOCOLS
 
 INTERPOLATIONS = ("bilinear", "bicubic")  # of the training crop: JAX's inception crop | open_clip's
 EVAL_KINDS = ("center_crop", "resize")  # stages[].eval_transform
@@ -168,6 +167,9 @@ def clipa_short_side(width: int, height: int, size: int) -> tuple[int, int]:
     """big_vision's resize_small: both sides scaled by size / short side in float32, rounded half to even."""
     ratio = np.float32(size) / np.float32(min(width, height))
     return int(np.round(np.float32(width) * ratio)), int(np.round(np.float32(height) * ratio))
+
+
+PROTOCOLS = ("clipa", "open_clip")  # eval.protocol: how an evaluation resizes (and prompts, clipav2.eval.protocol)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 import string
 
-PROTOCOLS = ("clipa", "open_clip")  # eval.protocol
+from clipav2.data.transforms import PROTOCOLS  # eval.protocol; the image side is the lowest user
+
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
