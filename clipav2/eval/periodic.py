@@ -71,8 +71,8 @@ class PeriodicEval:
             return any_rank(self.world, late)
         return False
 
-    def run(self, model) -> dict:
-        """Evaluate the live `model` (the engine's, wrapped) on every rank; the training mode and
+    def run(self, wrapped) -> dict:
+        """Evaluate the live model (`wrapped`: the engine's) on every rank; the training mode and
         RNG state are restored."""
         from clipav2.eval.run import evaluate
         from clipav2.rng import rng_state, set_rng_state
@@ -80,10 +80,10 @@ class PeriodicEval:
 
         s, device = self.stage, self.world.device
         saved = rng_state()
-        model = EngineModel(model, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
+        model = EngineModel(wrapped, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
         try:
             return evaluate(model, self.cfg, s, device, world=self.world)
         finally:
-            model.train()
+            wrapped.train()
             set_rng_state(saved)
             self.last = time.monotonic()
