@@ -63,6 +63,7 @@ def test_cli_prints_both_trainers_and_their_ratio(recipe, capsys, monkeypatch):
     assert rows[0]["train_flops_per_sample"] == rows[1]["train_flops_per_sample"]
 
 
+@pytest.mark.slow
 def test_micro_batch_auto_on_the_cpu_reaches_the_limit(recipe, capsys, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     # nothing runs out of memory here, so the search doubles up to --search-max

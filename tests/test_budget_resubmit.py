@@ -1,7 +1,11 @@
 """A run stopped by the budget guard (exit 76) and resubmitted unchanged stops again before its
 first step (no step trained, nothing logged); with the budget raised it resumes."""
+import pytest
+
 from test_checkpoint_attacks import _train
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def test_budget_stop_is_checked_before_the_first_step(tmp_path_factory, tmp_path):

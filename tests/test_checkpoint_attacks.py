@@ -14,7 +14,9 @@ import zlib
 import pytest
 import torch
 
-from test_train_support import ENV, small_demo, tiny_recipe
+from support import ENV, small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def train_pretrain(tmp_path_factory, name: str, samples: int):

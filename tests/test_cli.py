@@ -12,7 +12,7 @@ import clipav2
 from clipav2 import cli
 from clipav2.models.convert import save_model
 
-from test_train_support import ENV, small_demo, tiny_recipe
+from support import ENV, small_demo, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -91,6 +91,7 @@ def test_a_pipe_closed_early_ends_quietly():
     assert r.returncode == 141 and r.stderr == ""
 
 
+@pytest.mark.slow
 def test_a_run_without_eval_data_says_so_at_start(tmp_path_factory, tmp_path):
     data = small_demo(tmp_path_factory)
     recipe = tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"stages.pretrain.samples": 16})

@@ -1,5 +1,6 @@
 import pytest
 
+import clipav2
 from clipav2.config import ConfigError, load_config
 
 
@@ -28,3 +29,32 @@ def test_overrides_address_stages_by_name(tmp_path):
 def test_errors_name_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(_recipe(tmp_path), [override])
+
+
+# ---------------------------------------------------------------- against the launcher's world
+def _cfg(*overrides):
+    return load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=16", "parallel.micro_batch=4", *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides,world,key",
+    [
+        (["parallel.strategy=megatron"], 2, "parallel.strategy"),
+        (["parallel.strategy=deepspeed", "parallel.zero_stage=4"], 2, "parallel.zero_stage"),
+        (["parallel.strategy=ddp"], 3, "stages.s.global_batch"),
+        (["parallel.strategy=ddp", "parallel.grad_accum=3"], 2, "stages.s.global_batch"),
+        (["parallel.strategy=single"], 2, "parallel.strategy"),
+        (["parallel.strategy=fsdp", "parallel.hsdp_shard_size=3"], 4, "parallel.hsdp_shard_size"),
+    ],
+)
+def test_bad_configuration_fails_before_a_model_exists(overrides, world, key, monkeypatch):
+    built = []
+    monkeypatch.setattr(clipav2, "create_model", lambda *a, **k: built.append(1))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        cfg = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=16", "parallel.micro_batch=4", *overrides])
+        cfg.validate(world)  # what the loop checks once the launcher's world is known
+    assert not built
+
+
+def test_good_configuration_passes():
+    _cfg("parallel.strategy=ddp").validate(2)

@@ -17,7 +17,9 @@ from clipav2.config import load_config
 from clipav2.train.checkpoint import _checksums
 from clipav2.train.consolidate import find_step_dir, load_step_model
 
-from test_train_support import free_port, small_demo, tiny_recipe
+from support import free_port, small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 DRIVER = Path(__file__).parent / "dist" / "driver.py"
 ENGINES = {"ddp": ["--strategy", "ddp"], "fsdp": ["--strategy", "fsdp"],

@@ -11,7 +11,7 @@ from clipav2.cli import main
 from clipav2.config import load_config, save_config
 from clipav2.cost.accuracy import accuracy_figure, load_curve
 from clipav2.cost.ledger import Ledger
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,7 @@ def test_budget_writes_the_accuracy_plot_beside_the_cost_plot(h14, tmp_path):
     assert "![zero-shot top-1 against cost](r_accuracy.png)" in out.read_text()
 
 
+@pytest.mark.slow
 def test_compare_trains_a_recipe_then_draws_both(tmp_path, tmp_path_factory, capsys):
     data = small_demo(tmp_path_factory)
     other = fabricate(tmp_path / "other", "configs/demo.yaml", [("pretrain", "stage_end", 0.3, 0.2)])

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from clipav2 import exitcodes
-from test_train_support import small_demo
+from support import small_demo
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
 SEEDS = (0, 1)

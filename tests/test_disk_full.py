@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from test_checkpoint_attacks import _env
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def _can_mount(tmp_path) -> bool:

@@ -12,16 +12,13 @@ from safetensors.torch import load_file
 from clipav2 import exitcodes
 from clipav2.config import load_config
 from clipav2.stage import resolve
-from test_train_support import small_demo, tiny_recipe
+from support import tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_demo(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data):
+def runs(tmp_path_factory, demo_data):
     """The tiny recipe (4 + 4 steps of 16 samples) with and without evaluation every 32 samples;
     the second also logs to Weights & Biases, offline."""
     from clipav2.train.loop import train
@@ -32,7 +29,7 @@ def runs(tmp_path_factory, data):
     for name, every in (("plain", 0), ("periodic", 32)):
         root = tmp_path_factory.mktemp(name)
         changes = {"eval.every_samples": every, "log.progress": True, "log.wandb": "clipav2-test" if every else None}
-        cfg = load_config(tiny_recipe(root / "r.yaml", data, root / "run", **changes), world_size=1)
+        cfg = load_config(tiny_recipe(root / "r.yaml", demo_data, root / "run", **changes), world_size=1)
         stdout, stderr = io.StringIO(), io.StringIO()  # not terminals
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             assert train(cfg) == exitcodes.OK
@@ -151,16 +148,16 @@ def test_wandb_offline(runs):
     assert losses == [(r["recipe_samples"], pytest.approx(r["loss"])) for r in _jsonl(run / "metrics.jsonl")]
 
 
-def test_schedule_by_samples_and_by_minutes(tmp_path, data):
+def test_schedule_by_samples_and_by_minutes(tmp_path, demo_data):
     import time
 
     from clipav2.eval.periodic import PeriodicEval
     from clipav2.parallel.env import World
 
-    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"eval.every_samples": 48}))
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", demo_data, tmp_path / "run", **{"eval.every_samples": 48}))
     fine = PeriodicEval(cfg, resolve(cfg, 1), World())  # the recipe's samples: 64 before this stage, 16 a step
     assert fine.offset == 64 and [s for s in range(1, 5) if fine.due(s, at_log_step=True)] == [2]  # 96; 144 is past the end
-    cfg = load_config(tiny_recipe(tmp_path / "m.yaml", data, tmp_path / "run", **{"eval.every_minutes": 0.001}))
+    cfg = load_config(tiny_recipe(tmp_path / "m.yaml", demo_data, tmp_path / "run", **{"eval.every_minutes": 0.001}))
     timed = PeriodicEval(cfg, resolve(cfg, 0), World())
     assert not timed.due(1, at_log_step=True)
     time.sleep(0.07)

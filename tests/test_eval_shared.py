@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from test_train_support import ENV, free_port, small_demo, tiny_recipe
+from support import ENV, free_port, small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 DRIVER = Path(__file__).parent / "dist" / "eval_shared.py"
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -11,7 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_train_support import free_port, small_demo, tiny_recipe
+from support import free_port, small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 REPO = Path(__file__).resolve().parents[1]
 

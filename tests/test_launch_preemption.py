@@ -18,6 +18,8 @@ import pytest
 from clipav2 import exitcodes
 from clipav2.data.demo import write_demo
 
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
+
 REPO = Path(__file__).resolve().parents[1]
 JOB_ID = "31337"
 

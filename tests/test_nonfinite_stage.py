@@ -1,12 +1,15 @@
 """A stage whose final weights are not finite exits non-zero and writes no .safetensors (the next
 stage would start from them). The stage starts from weights with a NaN: every step is skipped
 (the skip limit is set above the stage's length), so it ends with the NaN still there."""
+import pytest
 import torch
 
 import clipav2
 from clipav2.models.convert import save_model
 from test_checkpoint_attacks import _train
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def test_nonfinite_final_weights_exit_77_without_safetensors(tmp_path_factory, tmp_path):

@@ -25,7 +25,9 @@ import torch
 from safetensors.torch import load_file
 
 from clipav2 import exitcodes
-from test_train_support import free_port
+from support import free_port
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 DRIVER = str(Path(__file__).parent / "dist" / "driver.py")
 EPS = ["--set", "stages.pretrain.eps=1e-3"]

@@ -11,6 +11,8 @@ from clipav2.parallel.env import World
 from clipav2.stage import resolve
 from clipav2.train.step import TrainStep
 
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
+
 STEPS = 20
 
 

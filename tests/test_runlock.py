@@ -13,7 +13,7 @@ import time
 import pytest
 
 from clipav2.train.runlock import LOCK, RunDirBusy, RunLock
-from test_train_support import ENV, small_demo, tiny_recipe
+from support import ENV, small_demo, tiny_recipe
 
 
 def _quiet(msg):
@@ -116,6 +116,7 @@ def test_exactly_one_of_racing_runs_wins_a_stale_lock(tmp_path, round_):
     won[0].release()
 
 
+@pytest.mark.slow
 def test_two_trains_on_one_run_dir(tmp_path_factory, tmp_path):
     """The second `clipav2 train` stops with one line naming the first; the first is unharmed."""
     data = small_demo(tmp_path_factory)

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from test_checkpoint_attacks import _env
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def _start(tmp_path, tmp_path_factory):

@@ -3,9 +3,13 @@ step equals the sum of what each rank saved in its own checkpoint state, and the
 a line of the totals. Two CPU ranks (torchrun, gloo) over shards with a bad record in every 8."""
 import json
 
+import pytest
+
 from clipav2.data.shards import ShardSink, expand_urls, iter_records
 from test_train_strategies import torchrun
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def _with_bad_records(src, out):

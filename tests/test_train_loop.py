@@ -10,19 +10,16 @@ from clipav2.train.step import TrainStep
 from clipav2 import exitcodes
 from clipav2.config import load_config
 from clipav2.train.metrics import METRIC_KEYS
-from test_train_support import small_demo, tiny_recipe
+from support import tiny_recipe
+
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_demo(tmp_path_factory)
-
-
-def test_two_stage_run(tmp_path, data, monkeypatch, capsys):
+def test_two_stage_run(tmp_path, demo_data, monkeypatch, capsys):
     from clipav2.train.loop import train
 
     run = tmp_path / "run"
-    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, run), world_size=1, check_data=True)
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", demo_data, run), world_size=1, check_data=True)
     seen = []  # (stage, optimizer state entries right after set-up, step count, first lr)
     real_init = TrainStep.__init__
 
@@ -67,7 +64,7 @@ def test_two_stage_run(tmp_path, data, monkeypatch, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(records)
 
 
-def test_a_failing_stage_end_evaluation_keeps_the_stage_weights(tmp_path, data, monkeypatch):
+def test_a_failing_stage_end_evaluation_keeps_the_stage_weights(tmp_path, demo_data, monkeypatch):
     import clipav2.eval.run
     from clipav2.train.loop import train
 
@@ -76,7 +73,7 @@ def test_a_failing_stage_end_evaluation_keeps_the_stage_weights(tmp_path, data, 
 
     monkeypatch.setattr(clipav2.eval.run, "evaluate", broken)
     run = tmp_path / "run"
-    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, run), world_size=1, check_data=True)
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", demo_data, run), world_size=1, check_data=True)
     with pytest.raises(RuntimeError, match="evaluation broke"):
         train(cfg)
     assert (run / "pretrain.safetensors").is_file()

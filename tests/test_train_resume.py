@@ -13,12 +13,9 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from test_train_support import ENV, small_demo, tiny_recipe
+from support import ENV, tiny_recipe
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_demo(tmp_path_factory)
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def _cmd(recipe, run):
@@ -38,9 +35,9 @@ def _steps(run) -> dict:
     return seen
 
 
-def test_sigkill_mid_stage_then_resume(tmp_path, data):
+def test_sigkill_mid_stage_then_resume(tmp_path, demo_data):
     recipe = tiny_recipe(
-        tmp_path / "r.yaml", data, tmp_path / "unused",
+        tmp_path / "r.yaml", demo_data, tmp_path / "unused",
         **{"stages.finetune.samples": 320, "checkpoint.every_steps": 4, "log.sample_keys": True,
            "eval.at_stage_end": False, "eval.every_samples": 96, "data.workers": 1},
     )

@@ -11,12 +11,9 @@ import pytest
 from safetensors import safe_open
 
 from clipav2.train.metrics import METRIC_KEYS
-from test_train_support import ENV, free_port, small_demo, tiny_recipe
+from support import ENV, free_port, tiny_recipe
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return small_demo(tmp_path_factory)
+pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
 
 def torchrun(recipe: Path, *overrides, timeout=600):
@@ -32,9 +29,9 @@ def torchrun(recipe: Path, *overrides, timeout=600):
     [("ddp", []), ("fsdp", []), ("deepspeed", ["parallel.zero_stage=3"])],
     ids=["ddp", "fsdp", "zero3"],
 )
-def test_demo_under_strategy(tmp_path, data, strategy, extra):
+def test_demo_under_strategy(tmp_path, demo_data, strategy, extra):
     run = tmp_path / "run"
-    recipe = tiny_recipe(tmp_path / "r.yaml", data, run, **{"stages.finetune.micro_batch": 4})
+    recipe = tiny_recipe(tmp_path / "r.yaml", demo_data, run, **{"stages.finetune.micro_batch": 4})
     proc = torchrun(recipe, f"parallel.strategy={strategy}", "parallel.micro_batch=8", *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage, size in (("pretrain", 16), ("finetune", 32)):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from clipav2.models.weights_file import WeightsFileError, check_safetensors
 from test_checkpoint_attacks import _env, _train
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
 
 
 def _header_file(path, header: dict, data: bytes = b"") -> None:
@@ -65,6 +65,7 @@ def _eval(checkpoint, data):
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_eval_refuses_bad_files_in_one_line(tmp_path_factory, tmp_path):
     data = small_demo(tmp_path_factory)
     marker = tmp_path / "pwned"
@@ -79,6 +80,7 @@ def test_eval_refuses_bad_files_in_one_line(tmp_path_factory, tmp_path):
     assert "posix.system" in _eval(evil, data).stderr
 
 
+@pytest.mark.slow
 def test_init_from_a_pickle_or_bad_header_is_one_line(tmp_path_factory, tmp_path):
     data = small_demo(tmp_path_factory)
     marker = tmp_path / "pwned"
@@ -94,6 +96,7 @@ def test_init_from_a_pickle_or_bad_header_is_one_line(tmp_path_factory, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_data_set_whose_only_shard_is_unusable(tmp_path_factory, tmp_path):
     data = small_demo(tmp_path_factory)
     shard = tmp_path / "only.tar"

@@ -1,13 +1,12 @@
-"""AdamW grouping, the bf16-momentum AdamW against torch's, the warmup+cosine schedule, and bad
-configurations rejected before a model is built."""
+"""clipav2/optim.py: AdamW grouping, the bf16-momentum AdamW against torch's, the warmup+cosine
+schedule."""
 import math
 
 import pytest
 import torch
 
 import clipav2
-from clipav2.config import ConfigError, StageConfig, load_config
-from clipav2.parallel.env import World, first_host, launcher_env
+from clipav2.config import StageConfig
 from clipav2.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
 
 
@@ -62,41 +61,3 @@ def test_warmup_then_cosine_to_zero():
     assert lr_at(mid, peak, warmup, total) == pytest.approx(1.0)
     assert lr_at(total, peak, warmup, total) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(7, peak, 0, total) == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 7 / 20)))
-
-
-def _cfg(*overrides):
-    return load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=16", "parallel.micro_batch=4", *overrides])
-
-
-@pytest.mark.parametrize(
-    "overrides,world,key",
-    [
-        (["parallel.strategy=megatron"], 2, "parallel.strategy"),
-        (["parallel.strategy=deepspeed", "parallel.zero_stage=4"], 2, "parallel.zero_stage"),
-        (["parallel.strategy=ddp"], 3, "stages.s.global_batch"),
-        (["parallel.strategy=ddp", "parallel.grad_accum=3"], 2, "stages.s.global_batch"),
-        (["parallel.strategy=single"], 2, "parallel.strategy"),
-        (["parallel.strategy=fsdp", "parallel.hsdp_shard_size=3"], 4, "parallel.hsdp_shard_size"),
-    ],
-)
-def test_bad_configuration_fails_before_a_model_exists(overrides, world, key, monkeypatch):
-    built = []
-    monkeypatch.setattr(clipav2, "create_model", lambda *a, **k: built.append(1))
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        cfg = load_config(None, ["stages=[{name: s}]", "stages.s.samples=64", "stages.s.global_batch=16", "parallel.micro_batch=4", *overrides])
-        cfg.validate(world)  # what the loop checks once the launcher's world is known
-    assert not built
-
-
-def test_good_configuration_passes():
-    _cfg("parallel.strategy=ddp").validate(2)
-
-
-def test_launcher_environments():
-    assert launcher_env({}) is None
-    torchrun = launcher_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
-    assert (torchrun["rank"], torchrun["world_size"], torchrun["local_rank"]) == (3, 4, 1)
-    slurm = launcher_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "SLURM_NODELIST": "gpu[07-08]"})
-    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"], slurm["master_addr"]) == (5, 16, 5, "gpu07")
-    assert launcher_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # an salloc shell
-    assert first_host("a1,b2") == "a1" and first_host("n[3,5-6]") == "n3"

@@ -10,7 +10,7 @@ from clipav2 import exitcodes
 from clipav2.config import ConfigError, load_config
 from clipav2.models.flops import train_flops
 from clipav2.stage import resolve
-from test_train_support import small_demo, tiny_recipe
+from support import small_demo, tiny_recipe
 
 
 @pytest.mark.parametrize("recipe", ["configs/h14.yaml", "configs/bigg14.yaml", "configs/demo.yaml"])
@@ -48,6 +48,7 @@ def test_a_split_that_does_not_make_the_global_batch_is_refused():
         cfg.validate(2)
 
 
+@pytest.mark.slow
 def test_each_stage_reads_the_previous_weights_once(tmp_path_factory, tmp_path, monkeypatch):
     from clipav2.train.loop import train
 

@@ -1,5 +1,7 @@
-"""Preemption signals are caught for the whole run (also between stages, before the next stage's
-monitor exists), and divergence is found from the device-side skip counters read at log steps."""
+"""FaultMonitor (clipav2/train/faults.py): a preemption signal stops after the step with PREEMPTED,
+and is caught for the whole run (also between stages, before the next stage's monitor exists);
+N consecutive skipped steps stop with DIVERGED naming the step, found from the results read on
+the host or from the device-side skip counters read at log steps; a good step resets the count."""
 import os
 import signal
 
@@ -14,6 +16,7 @@ from clipav2.train import faults
 from clipav2.train.faults import FaultMonitor, install_signal_handlers
 
 GOOD = StepResult(lr=1e-3, grad_norm=1.0, skipped=False, loss=2.0)
+BAD = StepResult(lr=1e-3, grad_norm=float("nan"), skipped=True, loss=float("nan"))
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +27,22 @@ def restore_handlers():
     faults.clear_signal()
     for s, h in saved.items():
         signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_stops_after_the_step(sig):
+    monitor = FaultMonitor(3)
+    assert monitor.after_step(1, GOOD) is None
+    os.kill(os.getpid(), sig)  # the process survives: the handler only sets a flag
+    assert monitor.after_step(2, GOOD) == exitcodes.PREEMPTED
+    assert sig.name in monitor.message and "step 2" in monitor.message
+
+
+def test_consecutive_skips_diverge_naming_the_step():
+    monitor = FaultMonitor(3)
+    codes = [monitor.after_step(step, r) for step, r in enumerate([BAD, BAD, GOOD, BAD, BAD, BAD], start=1)]
+    assert codes == [None] * 5 + [exitcodes.DIVERGED]
+    assert "ending at step 6" in monitor.message
 
 
 def test_a_signal_between_stages_stops_the_next_stage():
