@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from clipav2.config import Config, StageConfig
+from clipav2.config import Config
 from clipav2.cost.prices import Accelerator
 from clipav2.stage import resolve
 

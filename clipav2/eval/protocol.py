@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import string
 
-from clipav2.data.transforms import PROTOCOLS  # eval.protocol; the image side is the lowest user
+from clipav2.data.transforms import PROTOCOLS  # noqa: F401  (eval.protocol; its lowest user is the image side)
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 

@@ -26,7 +26,6 @@ import warnings
 import zlib
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
