@@ -14,7 +14,7 @@ import pytest
 from clipav2.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["launch/h14.sh", "launch/g14.sh", "launch/common.sh", "launch/slurm/helper.sh",
+SCRIPTS = ["launch/node.sh", "launch/h14.sh", "launch/g14.sh", "launch/common.sh", "launch/slurm/helper.sh",
            "launch/slurm/h14.sbatch", "launch/slurm/g14.sbatch"]
 
 FAKE_SCONTROL = """#!/usr/bin/env bash
