@@ -16,15 +16,6 @@ def add_arguments(parser) -> None:
                         help="start over in RUN_DIR: its old state is moved to RUN_DIR/previous/<time>/ (never deleted)")
 
 
-def launcher_world_size() -> int:
-    """The world size the launcher promises (torchrun / deepspeed: WORLD_SIZE; SLURM: SLURM_NTASKS),
-    read before any process group exists so batch divisibility is checked first."""
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
-
-
 def check_text(cfg) -> None:
     """The vocabulary and each stage's text reduction (NLTK data for the syntax masks) load now,
     not after the model and the engine are up."""
@@ -62,6 +53,8 @@ def _say(message: str) -> None:
 
 
 def main(args) -> int:
+    from clipav2.parallel.env import launcher_world_size
+
     try:
         cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
         if args.stage is not None:

@@ -71,6 +71,15 @@ def launcher_env(env=os.environ) -> dict | None:
     return None
 
 
+def launcher_world_size(env=os.environ) -> int:
+    """The world size the launcher promises, read before any process group exists (so the batch
+    split is checked first): `launcher_env`'s, or a lone WORLD_SIZE; 1 without a launcher."""
+    info = launcher_env(env)
+    if info is not None:
+        return info["world_size"]
+    return int(env["WORLD_SIZE"]) if env.get("WORLD_SIZE", "").isdigit() else 1
+
+
 _HOST_GROUP = None
 
 
