@@ -75,9 +75,9 @@ def _one_nth_of_the_gradient(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.detach() + (x - x.detach()) / n
 
 
-def _losses(engine, inputs, loss_fn):
+def _losses(engine, world, inputs, loss_fn):
     """Forward and backward of every micro-step -> the last micro-step's loss (all are equal)."""
-    n, world = len(inputs), engine.world
+    n = len(inputs)
     if n > 1:
         with torch.no_grad(), engine.autocast():
             cached = [engine.model(*x)[:2] for x in inputs]
@@ -146,7 +146,7 @@ class TrainStep:
         -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
         (no host sync except under DeepSpeed). The step counts even when skipped, so the LR
         schedule and the data stream stay in lock-step with the step number."""
-        loss, scale = _losses(self.engine, inputs, loss_fn)
+        loss, scale = _losses(self.engine, self.world, inputs, loss_fn)
         loss = loss.reshape(1)
         if self.world.distributed:
             dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
