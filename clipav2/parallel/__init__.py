@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import importlib
 
-from clipav2.parallel.base import StepResult, Strategy
-from clipav2.parallel.env import World, init_distributed
+from clipav2.lazy import exports
 
-__all__ = ["STRATEGIES", "build_strategy", "init_distributed", "StepResult", "Strategy", "World"]
+# the engines' shared modules import torch; they load on first use, so the config's checks and
+# `clipav2 bench --help` read STRATEGIES without it
+__getattr__, _lazy = exports(__name__, {
+    "clipav2.parallel.base": ["StepResult", "Strategy"],
+    "clipav2.parallel.env": ["World", "init_distributed"],
+})
+__all__ = ["STRATEGIES", "build_strategy", *_lazy]
 
 # parallel.strategy -> (module, class); the engine's module is imported only when chosen
 STRATEGIES = {
