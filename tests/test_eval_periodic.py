@@ -108,9 +108,10 @@ def test_output_off_a_terminal(runs):
     assert "[finetune] zero-shot top-1" in stdout and " at 96 samples, $" in stdout
     assert "Warning" not in stdout + stderr, stderr
 
-    rec = {"stage": "pretrain", "step": 120, "samples_seen": 15360, "loss": 2.3456, "samples_per_s": 128.0, "cost_usd": 0.0123}
+    rec = {"stage": "pretrain", "step": 120, "samples_seen": 15360, "loss": 2.3456, "samples_per_s": 128.0, "cost_usd": 0.0123,
+           "stage_seconds_to_go": 130.2, "seconds_to_go": 3725.0}
     assert progress_line(rec, 250) == ("[pretrain] step 120/250 (48%), 15,360 samples, loss 2.346, 128.0 samples/s, "
-                                       "$0.0123 spent, 2m 10s to go")
+                                       "$0.0123 spent, 2m 10s to go in this stage, ~1h 02m in all")
 
 
 def _wandb_records(path):

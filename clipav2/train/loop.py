@@ -23,7 +23,8 @@ import torch.distributed as dist
 from clipav2 import exitcodes
 from clipav2.config import to_dict
 from clipav2.parallel.env import any_rank
-from clipav2.train.metrics import JsonlWriter, MetricsLogger, quiet_library_warnings, stage_header
+from clipav2.train.metrics import (JsonlWriter, MetricsLogger, compute_line, expected_line, quiet_library_warnings,
+                                   stage_header)
 from clipav2.train.skipcount import describe_skipped, summed_over_ranks
 from clipav2.train.stages import build_stage_model, stage_weights
 
@@ -83,6 +84,7 @@ class Trainer:
                                      cfg.log.progress_seconds, cfg.log.wandb, to_dict(cfg))
         self.evals = JsonlWriter(self.run_dir / "eval.jsonl", world.is_main)
         self.ledger = None
+        self.expected_said = False  # the expected time is said once, after the first logged steps
         self.t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ ledger
@@ -106,7 +108,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
+        from clipav2.parallel.env import device_name
+
         names = [s.name for s in self.cfg.stages]
+        recipe_flops = sum(self.flops[s.name] * s.samples for s in self.cfg.stages)
+        _say(self.world, compute_line(device_name(self.world.device), self.world.world_size, recipe_flops))
         for index, stage in enumerate(self.cfg.stages):
             if only_stage is not None and stage.name != only_stage:
                 continue
@@ -236,10 +242,12 @@ class Trainer:
                 self.metrics.close_bar()
                 _say(world, monitor.message if code is not None else self.guard_message())
                 return code if code is not None else exitcodes.BUDGET
+            t_aside = time.perf_counter()  # evaluations and saves are not training: out of samples/s
             if run.periodic.due(run.step, at_log_step=report is not None):
                 self._evaluate(stage.index, run.step, lambda: run.periodic.run(run.strategy), "periodic")
             if run.step < stage.steps and run.ckpt.due(run.step):
                 self._save(run)
+            window.t0 += time.perf_counter() - t_aside
         self.metrics.close_bar()
         return None
 
@@ -310,7 +318,13 @@ class Trainer:
                 "projected_cost_usd": projection["projected_total_usd"] if projection else None,
                 "time": time.time(),
             }
+            if projection:  # wall seconds to go: the projection's GPU-hours over the job's GPUs
+                wall = {r["name"]: r["gpu_hours_to_go"] * 3600 / world.world_size for r in projection["stages"]}
+                record.update(stage_seconds_to_go=wall[stage.name], seconds_to_go=sum(wall.values()))
             self.metrics.log(record, stats["steps"])
+            if projection and not self.expected_said:
+                self.expected_said = True
+                self.metrics.say(expected_line(record, stats["steps"], stage.train_flops_per_sample, projection["overhead_ratio"]))
             self.ledger.write(self.run_dir, projection=projection)
             seconds_per_step = stats["seconds"] / max(stats["steps"], 1)
             to_next = min(run.ckpt.every_steps - step % run.ckpt.every_steps, stage.steps - step) * seconds_per_step
