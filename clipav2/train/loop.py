@@ -108,11 +108,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self, only_stage=None) -> int:
-        from clipav2.parallel.env import device_name
-
         names = [s.name for s in self.cfg.stages]
-        recipe_flops = sum(self.flops[s.name] * s.samples for s in self.cfg.stages)
-        _say(self.world, compute_line(device_name(self.world.device), self.world.world_size, recipe_flops))
         for index, stage in enumerate(self.cfg.stages):
             if only_stage is not None and stage.name != only_stage:
                 continue
@@ -420,6 +416,14 @@ class _Window:
         return out
 
 
+def _say_compute(cfg, world) -> None:
+    from clipav2.cost.plan import stage_flops
+    from clipav2.parallel.env import device_name
+
+    recipe_flops = sum(stage_flops(cfg, s) * s.samples for s in cfg.stages)
+    _say(world, compute_line(device_name(world.device), world.world_size, recipe_flops))
+
+
 def train(cfg, only_stage=None, fresh: bool = False) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
@@ -440,6 +444,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
             lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
             if fresh:
                 rundir.start_fresh(cfg, world)
+            _say_compute(cfg, world)  # before the demo data set is generated: that takes a while too
             if cfg.data.demo:
                 prepare_demo_data(cfg, world)
             rundir.prepare(cfg, world)  # stale .tmp removed, recipe unchanged, config.yaml written

@@ -216,13 +216,15 @@ def compute_line(device: str, ranks: int, recipe_flops: float) -> str:
 
 
 def expected_line(record: dict, steps: int, flops_per_sample: float, overhead: float) -> str:
-    """After the first logged steps: "expected: ~4m 10s to the end of the recipe at 48.5 GFLOP/s,
-    measured on steps 1-10 of pretrain (evaluations and checkpoints: +12%, as measured so far)"."""
+    """After the first logged steps: "expected: ~4m 10s to the end of the recipe at 48.50 GFLOP/s,
+    measured on steps 1-10 of pretrain (evaluations and checkpoints +12%, as measured so far); ..."."""
     first, last = record["step"] - steps + 1, record["step"]
     rate = record["samples_per_s"] * flops_per_sample
+    extra = (f"evaluations and checkpoints +{overhead:.0%}, as measured so far" if overhead > 0 else
+             "evaluations and checkpoints not included until one is measured")
     return (f"expected: ~{_duration(record['seconds_to_go'])} to the end of the recipe at {_si(rate)}FLOP/s, "
-            f"measured on steps {first}-{last} of {record['stage']} (evaluations and checkpoints: "
-            f"+{overhead:.0%}, as measured so far); a busier machine takes longer, and the progress line follows it")
+            f"measured on steps {first}-{last} of {record['stage']} ({extra}); a busier machine takes longer, "
+            f"and the progress line follows it")
 
 
 def _si(x: float) -> str:
