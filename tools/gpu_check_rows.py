@@ -46,13 +46,14 @@ FUSED = "parallel.bf16_momentum=false parallel.fused_optimizer=true"
 
 def shapes(smoke: bool) -> dict:
     """The recipes at their real shapes; for the CPU smoke run the tiny model stands in (32 px for
-    84 px, 64 px for 224 px), and compile stays off (inductor's CPU build takes minutes)."""
+    84 px, 64 px for 224 px) and the compiled rows compile on the CPU inductor. The smoke's bigG
+    micro-batch is H/14's, so its rows reuse graphs from the on-disk cache where shapes agree."""
     env = os.environ.get
     if smoke:
         tiny = "model.name=tiny stages.pretrain.image_size=32 stages.finetune224.image_size=64"
         return dict(h14=f"configs/h14.yaml {tiny}", bigg=f"configs/bigg14.yaml {tiny}", fused=FUSED,
-                    mb84=env("H14_MB_84", "8"), mb224=env("H14_MB_224", "4"), mbg=env("BIGG_MB", "4"),
-                    search_max=8, compile="", device="cpu")
+                    mb84=env("H14_MB_84", "8"), mb224=env("H14_MB_224", "4"), mbg=env("BIGG_MB", "8"),
+                    search_max=8, compile="--compile", device="cpu")
     return dict(h14="configs/h14.yaml", bigg="configs/bigg14.yaml", fused=FUSED, mb84=env("H14_MB_84", "512"),
                 mb224=env("H14_MB_224", "128"), mbg=env("BIGG_MB", "256"), search_max=2048, compile="--compile",
                 device="cuda")
@@ -115,7 +116,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--deadline", type=float, required=True, help="epoch seconds by which the rows must end")
     p.add_argument("--marker", type=Path, required=True, help="file naming the row in flight")
-    p.add_argument("--smoke", action="store_true", help="the CPU smoke run: tiny shapes, no compile")
+    p.add_argument("--smoke", action="store_true", help="the CPU smoke run: tiny shapes on the CPU")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--interrupted", metavar="REASON", help="record the row in flight as REASON and stop")

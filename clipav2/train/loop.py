@@ -269,10 +269,15 @@ class Trainer:
     def _first_step(self, runner, micro, step):
         """A step under the profiler, to print the attention kernel SDPA really chose."""
         from clipav2.models.kernels import attention_kernels, describe
+        from clipav2.parallel.apply import compile_seconds
 
+        compiled, t = compile_seconds(), time.perf_counter()
         with attention_kernels() as ran:
             result = runner.run(micro, step)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        if runner.strategy.compiled:  # the blocks compile at their first call: this step
+            _say(self.world, f"compile: {compile_seconds() - compiled:.0f} s of the first step's "
+                             f"{time.perf_counter() - t:.0f} s (torch.compile, this stage's shapes)")
         if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
             import torch
 
