@@ -1,4 +1,5 @@
-"""Zero-shot evaluation while a stage trains (`eval.every_samples`, `eval.every_minutes`).
+"""Zero-shot evaluation while a stage trains (`eval.every_samples`, `eval.every_minutes`) and at
+its end (`eval.at_stage_end`), both through `evaluate_live`.
 
 Every rank evaluates the live model through the engine's own forward, on its share of the set
 (`run.evaluate` with a world), so no rank waits at a barrier while one evaluates alone and no
@@ -72,16 +73,25 @@ class PeriodicEval:
 
     def run(self, strategy) -> dict:
         """Evaluate the live model on every rank; the training mode and RNG state are restored."""
-        from clipav2.eval.run import evaluate
-        from clipav2.text import tokenize
-        from clipav2.train.checkpoint import rng_state, set_rng_state
-
-        s, device = self.stage, self.world.device
-        saved = rng_state()
-        model = EngineModel(strategy.model, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
         try:
-            return evaluate(model, self.cfg, s, device, world=self.world)
+            return evaluate_live(strategy, self.cfg, self.stage, self.world)
         finally:
-            strategy.model.train()
-            set_rng_state(saved)
             self.last = time.monotonic()
+
+
+def evaluate_live(strategy, cfg, stage, world) -> dict:
+    """`run.evaluate` of the strategy's live model through its engine's forward, every rank on its
+    share of the sets (a collective under a distributed world); the training mode and the RNG
+    state are put back afterwards."""
+    from clipav2.eval.run import evaluate
+    from clipav2.text import tokenize
+    from clipav2.train.checkpoint import rng_state, set_rng_state
+
+    saved = rng_state()
+    ids = tokenize([""], stage.text_len, stage.tokenizer_mode, vocab=cfg.data.vocab)
+    model = EngineModel(strategy.model, stage.image_size, ids, world.device)
+    try:
+        return evaluate(model, cfg, stage, world.device, world=world)
+    finally:
+        strategy.model.train()
+        set_rng_state(saved)

@@ -28,7 +28,8 @@ def measure_row(row: Row, make_step, batches, device: torch.device) -> Row:
             with attention_kernels() as ran:
                 step(next(batches))
             row.flags["sdpa_kernels"] = describe(ran)
-        row.flags["compile_s"] = round(compile_seconds() - compiled, 1)  # torch.compile's share of the warm-up
+        if row.flags.get("compile"):
+            row.flags["compile_s"] = round(compile_seconds() - compiled, 1)  # torch.compile's share of the warm-up
         window = time_steps(step, batches, row.steps, device)
         loss = window.last_output
         loss = float(getattr(loss, "loss", loss)) if loss is not None else None
