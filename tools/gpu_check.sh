@@ -21,8 +21,7 @@ WHEELS=${WHEELS:-wheels}
 
 START=$(date +%s)
 # the CPU smoke compiles its rows on the CPU inductor: minutes per checkpointing variant on 2 cores
-[ "${CPU_SMOKE:-0}" = 1 ] && DEFAULT_BUDGET=1500 || DEFAULT_BUDGET=500
-BUDGET=${GPU_CHECK_BUDGET_S:-$DEFAULT_BUDGET}
+if [ "${CPU_SMOKE:-0}" = 1 ]; then BUDGET=${GPU_CHECK_BUDGET_S:-1500}; else BUDGET=${GPU_CHECK_BUDGET_S:-500}; fi
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt
