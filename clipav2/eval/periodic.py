@@ -18,12 +18,15 @@ import torch
 
 
 class EngineModel:
-    """`encode_image` / `encode_text` of a wrapped model (DDP, FSDP2, a DeepSpeed engine) through
-    its forward, the only call those engines prepare the parameters for; the other input is a
-    one-item placeholder."""
+    """`encode_image` / `encode_text` of a strategy's wrapped model (DDP, FSDP2, a DeepSpeed
+    engine, or single/ddp's bf16_params casting forward) through its forward, the only call those
+    engines prepare the parameters for; the other input is a one-item placeholder."""
 
-    def __init__(self, wrapped, image_size: int, placeholder_ids: torch.Tensor, device):
-        self.wrapped, self.device = wrapped, device
+    def __init__(self, strategy, image_size: int, placeholder_ids: torch.Tensor, device):
+        self.wrapped, self.device = strategy.model, device
+        # train()/eval() go to the wrapper where it is a module, else to the plain module under
+        # the bf16_params forward (a function)
+        self.modes = strategy.model if isinstance(strategy.model, torch.nn.Module) else strategy.module
         self.image = torch.zeros(1, 3, image_size, image_size, device=device)
         self.ids = placeholder_ids.to(device)
 
@@ -34,7 +37,11 @@ class EngineModel:
         return self.wrapped(self.image, ids)[1]
 
     def eval(self):
-        self.wrapped.eval()
+        self.modes.eval()
+        return self
+
+    def train(self):
+        self.modes.train()
         return self
 
 
@@ -89,9 +96,9 @@ def evaluate_live(strategy, cfg, stage, world) -> dict:
 
     saved = rng_state()
     ids = tokenize([""], stage.text_len, stage.tokenizer_mode, vocab=cfg.data.vocab)
-    model = EngineModel(strategy.model, stage.image_size, ids, world.device)
+    model = EngineModel(strategy, stage.image_size, ids, world.device)
     try:
         return evaluate(model, cfg, stage, world.device, world=world)
     finally:
-        strategy.model.train()
+        model.train()
         set_rng_state(saved)
