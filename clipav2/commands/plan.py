@@ -81,6 +81,11 @@ def _text(doc) -> str:
     if has_cost:
         total += f"{doc['total_gpu_hours']:>11,.0f}{doc['total_wall_hours'] / 24:>8.1f}{doc['total_cost_usd']:>12,.0f}"
     lines.append(total)
+    lo, hi = (f(s["checkpointing_factor"] for s in doc["stages"]) for f in (min, max))
+    if hi > 1:  # recomputation: what the GPUs execute beyond the train FLOPs
+        span = f"{lo:.3f}" if f"{lo:.3f}" == f"{hi:.3f}" else f"{lo:.3f} to {hi:.3f}"
+        lines.append(f"checkpointing {doc['checkpointing']}: the GPUs execute {span}x the train FLOPs (each checkpointed "
+                     f"block recomputes its forward up to fc2's input); MFU counts train FLOPs only")
     if has_cost:
         mfu = f"MFU {doc['mfu']:.1%}" if doc.get("mfu") is not None else "measured samples/s"
         lines.append(f"on {doc['gpus']} x {doc['gpu']} at ${doc['price_per_gpu_hour']:.3f}/GPU-hour, {mfu}")

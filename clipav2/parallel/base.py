@@ -95,6 +95,7 @@ class Strategy:
         self.module = None  # the plain module underneath (parameters, state dict)
         self.optimizer = None
         self.stage = None
+        self.compiled = False  # the blocks are torch.compiled (model.compile, resolved)
         self.step_count = 0  # optimizer steps of this stage taken so far (skipped ones included)
         self.skips = SkipCounter(world.device)  # on the device: read it when logging
 
@@ -138,7 +139,8 @@ class Strategy:
         self.step_count = 0
         self.skips.new_stage()
         apply_ac(model, self.cfg.model.checkpointing)
-        if resolve_compile(self.cfg, self.world):
+        self.compiled = resolve_compile(self.cfg, self.world)
+        if self.compiled:
             apply_compile(model)
         self._wrap(model)
 

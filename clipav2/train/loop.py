@@ -260,10 +260,10 @@ class Trainer:
             _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
                         f"not written, exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
-        run.strategy = run.runner = None  # the engine's memory goes before the evaluation's
         run.loader.close()
+        eval_seconds = self._finish_stage(run, full)  # charged as eval there
+        run.strategy = run.runner = None
         gc.collect()
-        eval_seconds = self._finish_stage(stage, full, run.step)  # charged as eval there
         self._charge(stage.name, "checkpoint", max(time.perf_counter() - t - eval_seconds, 0.0))
         if self.ledger is not None:
             self.ledger.write(self.run_dir)
@@ -273,10 +273,15 @@ class Trainer:
     def _first_step(self, runner, micro, step):
         """A step under the profiler, to print the attention kernel SDPA really chose."""
         from clipav2.models.kernels import attention_kernels, describe
+        from clipav2.parallel.apply import compile_seconds
 
+        compiled, t = compile_seconds(), time.perf_counter()
         with attention_kernels() as ran:
             result = runner.run(micro, step)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        if runner.strategy.compiled:  # the blocks compile at their first call: this step
+            _say(self.world, f"compile: {compile_seconds() - compiled:.0f} s of the first step's "
+                             f"{time.perf_counter() - t:.0f} s (torch.compile, this stage's shapes)")
         if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
             import torch
 
@@ -329,7 +334,7 @@ class Trainer:
         return "stop" if any_rank(world, stop) else None
 
     def _evaluate(self, index: int, step: int, run, when: str) -> float:
-        """Run an evaluation (`run()`: collective for "periodic", main rank only at a stage's end),
+        """Run an evaluation (`run()`: collective, every rank evaluates its share),
         charge its time to the ledger as eval, and record it (main rank) with the recipe's samples
         seen, GPU-hours and dollars at that point. Returns the seconds it took."""
         from clipav2.eval.periodic import recipe_samples
@@ -353,21 +358,24 @@ class Trainer:
         self.metrics.say(describe(stage.name, result) + f" at {record['recipe_samples']:,} samples, ${record['cost_usd']:.4g}")
         return seconds
 
-    def _finish_stage(self, stage, full: dict, step: int) -> float:
-        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors (written
-        even when the evaluation fails). Returns the evaluation's seconds."""
-        from clipav2.eval.run import evaluate
+    def _finish_stage(self, run: _StageRun, full: dict) -> float:
+        """The stage-end evaluation of the live model, shared by every rank through the engine's
+        forward as the periodic one is, then (main rank) the consolidated weights ->
+        RUN_DIR/<stage>.safetensors, written even when the evaluation fails. Returns the
+        evaluation's seconds."""
+        from clipav2.eval.periodic import evaluate_live
         from clipav2.models.convert import build_and_load, save_model
-        cfg, world = self.cfg, self.world
+        cfg, world, stage, step = self.cfg, self.world, run.stage, run.step
         eval_seconds = 0.0
-        if world.is_main:
-            model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
-            try:
-                if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                    eval_seconds = self._evaluate(stage.index, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
-            finally:  # an evaluation that fails must not cost the stage its weights
+        try:
+            if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
+                evaluate = lambda: evaluate_live(run.strategy, cfg, stage, world)  # noqa: E731
+                eval_seconds = self._evaluate(stage.index, step, evaluate, "stage_end")
+        finally:  # an evaluation that fails must not cost the stage its weights
+            if world.is_main:
+                model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
                 self.ledger.set_progress(stage.name, step, step * stage.global_batch)
-                save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
+                save_model(model, stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
                            ledger=self.ledger.state_dict())
                 print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
         _barrier(world)

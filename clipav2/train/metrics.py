@@ -156,7 +156,7 @@ class MetricsLogger:
             return
         x, walltime = record["recipe_samples"], record.get("time")
         values = {f"eval/zero_shot_{k}": record[k] for k in EVAL_KEYS if isinstance(record.get(k), float)}
-        values.update({f"eval/retrieval_{k}": v for k, v in record.get("retrieval", {}).items() if k != "n"})
+        values.update({f"eval/retrieval_{k}": v for k, v in record.get("retrieval", {}).items() if k not in ("n", "ranks")})
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, x, walltime=walltime)
