@@ -35,7 +35,8 @@ def attention_kernels():
     from torch.profiler import ProfilerActivity, profile
 
     ran = Counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    # acc_events: one cycle only, so nothing changes, but torch 2.10+ warns at the start without it
+    with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
         yield ran
     for event in prof.events():
         kernel = kernel_of(event.name)
