@@ -5,8 +5,9 @@ changes one fails its test in tests/test_compat.py loudly instead of silently ch
   GradScaler sets; read in torch/optim/adam.py and adamw.py): our device-side skip.
 - torch's private `torch._fused_adamw_` (the kernel behind `AdamW(fused=True)`): the update of
   our bf16-first-moment AdamW, on an fp32 copy of the moment.
-- torch.distributed.checkpoint's `FileSystemReader._get_metadata_path()` (private): where the
-  pickled index lives, which we read ourselves with an allow-list unpickler.
+- torch.distributed.checkpoint's `FileSystemReader._get_metadata_path()` (private, torch 2.9 on;
+  before it `read_metadata` joins `.metadata` to the path inline): where the pickled index lives,
+  which we read ourselves with an allow-list unpickler.
 - torch.distributed.checkpoint's `DefaultLoadPlanner.load_bytes` stores a loaded non-tensor item
   into the caller's nested state dict with the private `_traverse.set_element` and the planner's
   `original_state_dict` / `mappings` (or, unflattened, into `state_dict`): we store our
@@ -33,7 +34,10 @@ def fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta
 
 def dcp_metadata_path(reader):
     """The path of a DCP checkpoint's index file, as the reader resolves it."""
-    return reader._get_metadata_path()
+    resolve = getattr(reader, "_get_metadata_path", None)
+    if resolve is None:  # torch < 2.9: read_metadata's own inline join
+        return reader.fs.concat_path(reader.path, ".metadata")
+    return resolve()
 
 
 def dcp_store_item(planner, fqn: str, value) -> None:

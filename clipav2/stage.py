@@ -31,6 +31,7 @@ class Stage:
     grid: tuple[int, int]  # the patch grid (H, W)
     kept_image_tokens: int  # patch tokens a step keeps (class token excluded)
     train_flops_per_sample: int  # 3 x forward at the kept tokens and the stage's text length
+    recompute_flops_per_sample: int  # what model.checkpointing's recomputation adds to the step
 
     def __getattr__(self, name):  # the StageConfig's fields (name, samples, steps, peak_lr, ...)
         if name == "config":  # not set yet (copy, unpickling): no recursion
@@ -57,7 +58,7 @@ def stage_arch(cfg: Config, stage: StageConfig) -> ClipArch:
 
 def resolve(cfg: Config, index: int, world_size: int | None = None, arch: ClipArch | None = None) -> Stage:
     """Stage number `index` of `cfg` resolved for `world_size` ranks."""
-    from clipav2.models.flops import train_flops
+    from clipav2.models.flops import recompute_flops, train_flops
     from clipav2.reduce import image
 
     s = cfg.stages[index]
@@ -68,4 +69,5 @@ def resolve(cfg: Config, index: int, world_size: int | None = None, arch: ClipAr
     micro, accum = cfg.batch_split(s, world_size) if world_size is not None else (None, None)
     return Stage(config=s, index=index, arch=arch, world_size=world_size, micro_batch=micro, grad_accum=accum,
                  auto_micro_batch=cfg.micro_batch_setting(s) == "auto", grid=grid, kept_image_tokens=kept,
-                 train_flops_per_sample=train_flops(arch, s.image_size, kept, s.text_len))
+                 train_flops_per_sample=train_flops(arch, s.image_size, kept, s.text_len),
+                 recompute_flops_per_sample=recompute_flops(arch, cfg.model.checkpointing, s.image_size, kept, s.text_len))

@@ -8,9 +8,9 @@
 : "${DATA:=}"                # training shards, e.g. '/data/laion/{00000..41407}.tar'; empty: the recipe's data.train
 : "${EVAL_DATA:=}"           # zero-shot eval set (ImageFolder dir or labelled shards); empty: the recipe's data.eval
 : "${NUM_GPUS:=8}"           # processes per node (one per GPU)
-: "${STRATEGY:=deepspeed}"   # deepspeed | fsdp | ddp
+: "${STRATEGY:=}"            # deepspeed | fsdp | ddp; empty: the recipe's parallel.strategy
 : "${ZERO_STAGE:=}"          # DeepSpeed ZeRO stage 1|2|3; empty: the recipe's parallel.zero_stage
-: "${LAUNCHER:=}"            # deepspeed | torchrun; empty: deepspeed for STRATEGY=deepspeed, else torchrun
+: "${LAUNCHER:=}"            # deepspeed | torchrun; empty: deepspeed when the run's strategy is deepspeed, else torchrun
 : "${MASTER_PORT:=29500}"    # rendezvous port on the first node
 : "${DEVICE:=cuda}"          # cuda | cpu (cpu: gloo and DS_ACCELERATOR=cpu, for tests)
 : "${DRY_RUN:=0}"            # 1: print the exact commands instead of running them
@@ -26,14 +26,11 @@ die() {
 check_settings() {
   [ -n "$CONFIG" ] || die "CONFIG is not set: the recipe YAML, e.g. CONFIG=configs/h14.yaml"
   [ -n "$RUN_DIR" ] || die "RUN_DIR is not set: the run directory, e.g. RUN_DIR=runs/h14"
-  case "$STRATEGY" in deepspeed | fsdp | ddp) ;; *) die "STRATEGY=$STRATEGY is not one of deepspeed, fsdp, ddp" ;; esac
+  case "$STRATEGY" in "" | deepspeed | fsdp | ddp) ;; *) die "STRATEGY=$STRATEGY is not one of deepspeed, fsdp, ddp (or empty for the recipe's)" ;; esac
   case "$ZERO_STAGE" in "" | 1 | 2 | 3) ;; *) die "ZERO_STAGE=$ZERO_STAGE is not one of 1, 2, 3 (or empty for the recipe's)" ;; esac
   case "$NUM_GPUS" in '' | *[!0-9]* | 0) die "NUM_GPUS=$NUM_GPUS is not a positive integer" ;; esac
   case "$DEVICE" in cuda | cpu) ;; *) die "DEVICE=$DEVICE is not one of cuda, cpu" ;; esac
-  if [ -z "$LAUNCHER" ]; then
-    if [ "$STRATEGY" = deepspeed ]; then LAUNCHER=deepspeed; else LAUNCHER=torchrun; fi
-  fi
-  case "$LAUNCHER" in deepspeed | torchrun) ;; *) die "LAUNCHER=$LAUNCHER is not one of deepspeed, torchrun" ;; esac
+  case "$LAUNCHER" in "" | deepspeed | torchrun) ;; *) die "LAUNCHER=$LAUNCHER is not one of deepspeed, torchrun" ;; esac
   if [ "$DEVICE" = cpu ]; then
     export DS_ACCELERATOR=cpu  # DeepSpeed's CPU accelerator: gloo, no CUDA
     export CUDA_VISIBLE_DEVICES=""  # the engine picks gloo when it sees no GPU
@@ -45,9 +42,11 @@ check_settings() {
 }
 
 # TRAIN_ARGS: what follows `clipav2` on every rank. Our settings come before the user's
-# overrides, so an explicit `key=value` argument wins.
+# overrides, so an explicit `key=value` argument wins. The strategy is the recipe's unless
+# STRATEGY names one: the recipe states it once, the launcher only passes a choice on.
 build_train_args() {
-  TRAIN_ARGS=(train "$CONFIG" "run_dir=$RUN_DIR" "parallel.strategy=$STRATEGY")
+  TRAIN_ARGS=(train "$CONFIG" "run_dir=$RUN_DIR")
+  if [ -n "$STRATEGY" ]; then TRAIN_ARGS+=("parallel.strategy=$STRATEGY"); fi
   if [ -n "$ZERO_STAGE" ]; then TRAIN_ARGS+=("parallel.zero_stage=$ZERO_STAGE"); fi
   if [ -n "$DATA" ]; then TRAIN_ARGS+=("data.train=$DATA"); fi
   if [ -n "$EVAL_DATA" ]; then TRAIN_ARGS+=("data.eval=$EVAL_DATA"); fi
@@ -55,7 +54,8 @@ build_train_args() {
 }
 
 # Check the recipe, the overrides and the data paths once, before any process starts, so a typo
-# or a missing shard directory is one clear line, not one traceback per GPU.
+# or a missing shard directory is one clear line, not one traceback per GPU. Sets RUN_STRATEGY,
+# the run's parallel.strategy (the recipe's, or STRATEGY, or an override), and the LAUNCHER it takes.
 preflight() {
   local world_size=$1 message
   command -v python >/dev/null || die "no python on PATH: activate the project's environment, e.g. . .venv/bin/activate"
@@ -64,11 +64,14 @@ import sys
 from clipav2.config import ConfigError, load_config
 world_size, path, overrides = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 try:
-    load_config(path, overrides, world_size=world_size, check_data=True)
+    cfg = load_config(path, overrides, world_size=world_size, check_data=True)
 except ConfigError as e:
     sys.exit(str(e))
+print(cfg.parallel.strategy)
 EOF
   ); then
+    RUN_STRATEGY=${message##*$'\n'}  # the last line: a library's warning may come first
+    choose_launcher
     return 0
   fi
   if [[ "$message" == *ModuleNotFoundError* ]]; then
@@ -79,6 +82,17 @@ EOF
     message="$message; set EVAL_DATA to your ImageNet validation folder, or pass data.eval=null"
   fi
   die "$message"
+}
+
+# LAUNCHER, unless set: DeepSpeed's for a DeepSpeed run, else torchrun. ZERO_STAGE is refused
+# for another strategy rather than passed on to be ignored.
+choose_launcher() {
+  if [ -n "$ZERO_STAGE" ] && [ "$RUN_STRATEGY" != deepspeed ]; then
+    die "ZERO_STAGE=$ZERO_STAGE applies to DeepSpeed, and this run's strategy is $RUN_STRATEGY (the recipe's, or an override); add STRATEGY=deepspeed"
+  fi
+  if [ -z "$LAUNCHER" ]; then
+    if [ "$RUN_STRATEGY" = deepspeed ]; then LAUNCHER=deepspeed; else LAUNCHER=torchrun; fi
+  fi
 }
 
 # LAUNCH_CMD: the command that starts NUM_GPUS trainers on this node.

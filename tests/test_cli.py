@@ -110,3 +110,24 @@ def test_pytest_prints_its_summary_line(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     assert "1 passed" in r.stdout.strip().splitlines()[-1]
+
+
+def test_a_cpu_run_says_its_threads_and_expected_time_and_raises_no_alarm(tmp_path_factory, tmp_path):
+    """No "ERROR" anywhere in a good run (the kernel probe's profiler used to print one on every
+    CPU run); the threads in use (OMP_NUM_THREADS=1 here) before the first step; after the first
+    logged steps the expected time, at the FLOP rate the metrics record measured."""
+    data = small_demo(tmp_path_factory)
+    recipe = tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"stages.pretrain.samples": 96})
+    r = clipav2_cmd("train", str(recipe), "--stage", "pretrain", "log.progress=true", "log.tensorboard=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (r.stdout + r.stderr).splitlines()
+    assert not [line for line in lines if "ERROR" in line], r.stdout + r.stderr
+    compute = next(line for line in lines if line.startswith("compute: "))
+    assert compute.startswith(f"compute: 1 rank on cpu ({os.cpu_count()} cores, 1 threads), threads set by OMP_NUM_THREADS=1")
+    expected = next(line for line in lines if line.startswith("expected: ~"))
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    plan = json.loads(clipav2_cmd("plan", str(recipe), "--json").stdout)["stages"][0]
+    rate = first["samples_per_s"] * plan["train_flops_per_sample"] / 1e9
+    assert f" at {rate:,.2f} GFLOP/s, measured on steps 1-2 of pretrain" in expected, (expected, rate)
+    assert first["seconds_to_go"] >= first["stage_seconds_to_go"] > 0
+    assert lines.index(compute) < lines.index(expected) < next(i for i, l in enumerate(lines) if l.startswith("[pretrain] step "))

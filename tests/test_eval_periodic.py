@@ -106,9 +106,10 @@ def test_output_off_a_terminal(runs):
     assert "[finetune] zero-shot top-1" in stdout and " at 96 samples, $" in stdout
     assert "Warning" not in stdout + stderr, stderr
 
-    rec = {"stage": "pretrain", "step": 120, "samples_seen": 15360, "loss": 2.3456, "samples_per_s": 128.0, "cost_usd": 0.0123}
+    rec = {"stage": "pretrain", "step": 120, "samples_seen": 15360, "loss": 2.3456, "samples_per_s": 128.0, "cost_usd": 0.0123,
+           "stage_seconds_to_go": 130.2, "seconds_to_go": 3725.0}
     assert progress_line(rec, 250) == ("[pretrain] step 120/250 (48%), 15,360 samples, loss 2.346, 128.0 samples/s, "
-                                       "$0.0123 spent, 2m 10s to go")
+                                       "$0.0123 spent, 2m 10s to go in this stage, ~1h 02m in all")
 
 
 def _wandb_records(path):
@@ -163,3 +164,20 @@ def test_schedule_by_samples_and_by_minutes(tmp_path, demo_data):
     time.sleep(0.07)
     assert not timed.due(1, at_log_step=False) and timed.due(1, at_log_step=True)  # read at log steps only
     assert not timed.due(4, at_log_step=True)  # the last step: the stage-end evaluation follows
+
+
+def test_live_evaluation_under_bf16_params(tmp_path, data):
+    """single's bf16_params forward is a function, not a module: the live evaluation (periodic
+    and stage-end) puts the plain module in eval mode and back, and evaluates the whole set."""
+    import clipav2
+    from clipav2.eval.periodic import evaluate_live
+    from clipav2.parallel import build_strategy
+    from clipav2.parallel.env import World
+
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"parallel.precision": "bf16_params"}),
+                      world_size=1)
+    strategy = build_strategy(cfg, World())
+    strategy.setup(clipav2.create_model("tiny", image_size=cfg.stages[0].image_size), cfg.stages[0])
+    assert not isinstance(strategy.model, torch.nn.Module)
+    result = evaluate_live(strategy, cfg, strategy.stage, World())
+    assert result["zero_shot"]["n"] == 144 and strategy.module.training

@@ -9,7 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clipav2 import cli
 from clipav2.models import create_model, get_arch
-from clipav2.models.flops import count_params, forward_flops, train_flops
+from clipav2.models.flops import count_params, forward_flops, recompute_flops, train_flops
+from clipav2.parallel.apply import apply_ac
 
 # open_clip docs/model_profile.csv: params total / image / text (M), GFLOPs at 224
 PROFILE = {
@@ -55,6 +56,45 @@ def test_analytic_count_equals_torch_flop_counter(size, kept, text_len):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(images, ids, keep)
     assert counter.get_total_flops() == 2 * forward_flops("demo", size, kept, text_len)
+
+
+def _train_step_flops(checkpointing: str, size: int, kept: int, text_len: int) -> int:
+    """Forward and backward of two samples of `demo` (mlp = 4 x width), counted by torch."""
+    torch.manual_seed(0)
+    model = apply_ac(create_model("demo", image_size=size), checkpointing)
+    model.set_text_len(text_len)
+    for block in [*model.visual.blocks, *model.text.blocks]:
+        block.attn.attend = _matmul_attention
+    keep = torch.stack([torch.randperm((size // 8) ** 2)[:kept] for _ in range(2)])
+    with FlopCounterMode(display=False) as counter:
+        image, text, scale = model(torch.randn(2, 3, size, size), torch.zeros(2, text_len, dtype=torch.long), keep)
+        (image @ text.T * scale).logsumexp(1).sum().backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("checkpointing", ["all", "every_2"])
+def test_checkpointing_recomputes_each_block_up_to_fc2(checkpointing):
+    """What checkpointing adds, counted by torch, is the analytic recomputation exactly: the
+    block's forward without fc2 (non-reentrant checkpoint stops once the backward has what it
+    needs). With every block checkpointed that is +22% of the step, not the +1/3 of a forward."""
+    size, kept, text_len = 64, 40, 16
+    plain = _train_step_flops("none", size, kept, text_len)
+    added = _train_step_flops(checkpointing, size, kept, text_len) - plain
+    assert added == 2 * recompute_flops("demo", checkpointing, size, kept, text_len)
+    share = recompute_flops("demo", checkpointing, size, kept, text_len) / train_flops("demo", size, kept, text_len)
+    print(f"{checkpointing}: counted +{added / plain:.2%}, analytic +{share:.2%}")
+    assert added / plain == pytest.approx(share, rel=0.02)  # the counter skips the patch convolution's input gradient
+    if checkpointing == "all":
+        assert 0.20 < share < 0.23  # 2/9 of the step less attention's share, where a full forward would be 1/3
+
+
+def test_recipe_checkpointing_factor():
+    """The recipes checkpoint every block: +22% at H/14 pre-training and bigG fine-tuning shapes
+    (bigG's wider MLP, 4.92 x width, weighs fc2 more: +21.7%)."""
+    for name, size, kept, text_len in (("ViT-H-14-CLIPA", 84, 36, 8), ("ViT-bigG-14-CLIPA", 224, 179, 32)):
+        share = recompute_flops(name, "all", size, kept, text_len) / train_flops(name, size, kept, text_len)
+        assert 0.21 < share < 0.23, (name, share)
+        assert recompute_flops(name, "none", size, kept, text_len) == 0
 
 
 @pytest.mark.parametrize("name", PROFILE)

@@ -76,7 +76,7 @@ def train_args(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("script,model", [("launch/h14.sh", "ViT-H-14-CLIPA"), ("launch/g14.sh", "ViT-bigG-14-CLIPA")])
 def test_dry_run_prints_a_deepspeed_command_for_the_recipe(fakes, script, model):
-    r = run(script, fakes(DRY_RUN="1", ZERO_STAGE="3"), "stages.pretrain.warmup_steps=7")
+    r = run(script, fakes(DRY_RUN="1", STRATEGY="deepspeed", ZERO_STAGE="3"), "stages.pretrain.warmup_steps=7")
     assert r.returncode == 0, r.stderr
     (argv,) = command_lines(r.stdout)
     assert argv[0] == "deepspeed" and "--num_gpus=8" in argv and "--module" in argv and "--no_local_rank" in argv
@@ -100,7 +100,7 @@ def test_launchers_grow_cuda_memory_segments_unless_the_user_says_otherwise(fake
 def test_run_by_python_as_deepspeed_does_each_rank_gets_the_same_train_arguments(fakes, script):
     """`deepspeed launch/X.sh` runs `python -u launch/X.sh --local_rank=N` per GPU with the
     launcher's variables set: that process must become the trainer bash would have started."""
-    settings = dict(DRY_RUN="1", ZERO_STAGE="3")
+    settings = dict(DRY_RUN="1", STRATEGY="deepspeed", ZERO_STAGE="3")
     outer = run(script, fakes(**settings), "stages.pretrain.warmup_steps=7")
     assert outer.returncode == 0, outer.stderr
     (launcher,) = command_lines(outer.stdout)
@@ -112,6 +112,24 @@ def test_run_by_python_as_deepspeed_does_each_rank_gets_the_same_train_arguments
     assert trainer[:3] == ["python", "-m", "clipav2"]
     assert train_args(trainer) == train_args(launcher)
     assert not fakes.log.exists()  # no launcher started inside a rank
+
+
+@pytest.mark.parametrize("script", ["launch/h14.sh", "launch/g14.sh"])
+def test_without_strategy_the_recipe_decides_and_picks_the_launcher(fakes, script):
+    """One default, the recipe's (h14.yaml: fsdp): the launcher passes no strategy of its own,
+    and a recipe override of the strategy picks the launcher as STRATEGY would."""
+    r = run(script, fakes(DRY_RUN="1", NUM_GPUS="4"))
+    assert r.returncode == 0, r.stderr
+    (argv,) = command_lines(r.stdout)
+    args = train_args(argv)
+    assert argv[1] == str(REPO / "launch/torchrun_keep_exitcode.py") and not any(a.startswith("parallel.") for a in args)
+    recipe = load_config(args[1])
+    assert load_config(args[1], args[2:], world_size=4).parallel.strategy == recipe.parallel.strategy == "fsdp"
+    r = run(script, fakes(DRY_RUN="1"), "parallel.strategy=deepspeed")
+    (argv,) = command_lines(r.stdout)
+    assert argv[0] == "deepspeed" and argv[-1] == "parallel.strategy=deepspeed"
+    r = run(script, fakes(DRY_RUN="1", ZERO_STAGE="3"))  # ZERO_STAGE would be ignored by fsdp: refused
+    assert r.returncode == 2 and "ZERO_STAGE=3 applies to DeepSpeed" in r.stderr and "fsdp" in r.stderr, r.stderr
 
 
 def test_fsdp_goes_through_torchrun_and_the_recipe_keeps_its_zero_stage(fakes):
@@ -154,7 +172,7 @@ def test_slurm_helper_rendezvous_for_three_nodes(fakes, node_id):
 
 
 def test_slurm_job_dry_run_deepspeed_hostfile_and_one_launcher_per_node(fakes):
-    r = run("launch/slurm/h14.sbatch", fakes(DRY_RUN="1", **SLURM_4_NODES))
+    r = run("launch/slurm/h14.sbatch", fakes(DRY_RUN="1", STRATEGY="deepspeed", **SLURM_4_NODES))
     assert r.returncode == 0, r.stderr
     hostfile = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("#   ")]
     assert hostfile == [[h, "slots=8"] for h in ("gpu07", "gpu08", "gpu09", "gpu10")]

@@ -100,3 +100,24 @@ def test_written_weights_are_readable_by_the_group(tmp_path):
                  tmp_path / "f" / "open_clip_config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert read_metadata(tmp_path / "f" / "open_clip_model.safetensors")["layout"] == "open_clip"
+
+
+def test_no_vocabulary_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """A CLIPA-v2 folder without its tokenizer would not load offline: refuse before writing."""
+    from clipav2.text import vocab
+
+    def offline():
+        raise RuntimeError("not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+
+    monkeypatch.delenv("CLIPAV2_VOCAB", raising=False)
+    monkeypatch.setattr(vocab, "_from_hub", offline)
+    save_model(clipav2.create_model("tiny"), tmp_path / "stage.safetensors")
+    assert cli.main(["convert", "--to", "open_clip", str(tmp_path / "stage.safetensors"), str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("clipav2 convert: no WordPiece vocabulary found") and err.count("\n") == 1
+    assert not (tmp_path / "f").exists()
+    given = tmp_path / "vocab.txt"
+    given.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    assert cli.main(["convert", "--to", "open_clip", str(tmp_path / "stage.safetensors"), str(tmp_path / "f"),
+                     "--vocab", str(given)]) == 0
+    assert (tmp_path / "f" / "vocab.txt").read_text() == given.read_text()

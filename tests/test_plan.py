@@ -70,14 +70,29 @@ def test_measured_samples_per_second_scales_later_stages_by_flops(capsys):
     doc = _plan(capsys, "configs/h14.yaml", "--gpu", "h100", "--gpus", "64", "--samples-per-s", "2900")
     first, second = doc["stages"][0], doc["stages"][1]
     assert first["gpu_hours"] == pytest.approx(first["samples"] / 2900 / 3600)
-    ratio = second["train_flops_per_sample"] / first["train_flops_per_sample"]
+    # the measured rate holds in the FLOPs the GPUs execute: train FLOPs with checkpointing's recomputation
+    executed = lambda s: s["train_flops_per_sample"] * s["checkpointing_factor"]  # noqa: E731
+    ratio = executed(second) / executed(first)
     assert second["gpu_hours"] == pytest.approx(second["samples"] / (2900 / ratio) / 3600)
 
 
 def test_text_output_and_overrides(capsys):
     assert main(["plan", "configs/h14_10k.yaml", "stages.pretrain.samples=655360", "stages.pretrain.warmup_steps=2", "--gpu", "a100"]) == 0
     out = capsys.readouterr().out
-    assert "pretrain" in out and "655,360" in out and "budget $10,000" in out and "MFU 45.0%" in out
+    assert "pretrain" in out and "655,360" in out and "budget $10,000" in out and "MFU 26.5%" in out
+
+
+def test_cost_without_flags_says_why_and_defaults_are_printed_as_assumed(capsys):
+    assert main(["plan", "configs/h14.yaml"]) == 0  # cost.gpu: auto, and no --gpu
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("cost left out: the recipe's cost.gpu is auto") and "--gpu" in last
+    # no --mfu: the paper's A100 MFU, so the paper's own setting gives back its 8,640 A100-hours
+    doc = _plan(capsys, "configs/h14.yaml", "--gpu", "a100-80gb", "--gpus", "64")
+    assert doc["mfu"] == 0.265 and doc["total_gpu_hours"] == pytest.approx(8_640, rel=0.01)
+    assert [a.split(",")[0].split(" (")[0] for a in doc["assumed"]] == ["MFU 26.5%", "the price table's $/GPU-hour"]
+    assert main(["plan", "configs/h14.yaml", "--gpu", "h100", "--samples-per-s", "2900", "--price", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "assumed: 8 GPUs (--gpus)" in out and "MFU" not in out.split("assumed:", 1)[1]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -62,3 +62,20 @@ def test_master_weights_and_temperature_stay_fp32(runs):
     for policy in ("bf16_autocast", "bf16_params"):
         _, strategy = runs[policy]
         assert all(p.dtype == torch.float32 for p in strategy.engine.module.parameters())
+
+
+@pytest.mark.parametrize("policy, residual", [("bf16_autocast", torch.float32), ("bf16_params", torch.bfloat16)])
+def test_the_residual_stream_dtype_of_each_policy(policy, residual):
+    """What every block of both towers receives: fp32 under bf16_autocast (CLIPA's JAX numerics;
+    autocast's bf16 patch convolution is cast back), bf16 under bf16_params."""
+    cfg = load_config(None, ["stages=[{name: s}]", "stages.s.samples=16", "stages.s.global_batch=8",
+                             "parallel.micro_batch=8", f"parallel.precision={policy}", "stages.s.image_size=32",
+                             "stages.s.text_len=16"])
+    engine = TrainStep(cfg, resolve(cfg, 0, 1), World(), clipav2.create_model("tiny")).engine
+    seen = {}
+    for tower in ("visual", "text"):
+        for i, block in enumerate(getattr(engine.module, tower).blocks):
+            block.register_forward_pre_hook(lambda _, args, key=(tower, i): seen.__setitem__(key, args[0].dtype))
+    with engine.autocast():
+        image, text, _ = engine.model(torch.randn(2, 3, 32, 32), torch.randint(1, 32000, (2, 16)))
+    assert len(seen) == 4 and set(seen.values()) == {residual}, seen

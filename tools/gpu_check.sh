@@ -6,10 +6,11 @@
 #
 #   tools/gpu_check.sh --fetch-wheels   # HERE, with the package index: fill wheels/ (Python 3.12, x86-64)
 #   tools/gpu_check.sh                  # THERE, with wheels/ carried: tests, then the rows
-#   CPU_SMOKE=1 tools/gpu_check.sh      # anywhere: the same path on the CPU, tiny model, 2 steps a row
+#   CPU_SMOKE=1 tools/gpu_check.sh      # anywhere: the same path on the CPU, tiny model, 2 steps a row,
+#                                       # compiled rows on the CPU inductor
 #
 # Environment: OUT (output folder, default gpu_check_out; five files go there: env.md, tests.txt,
-# rows.jsonl, table.md, log.txt), PYTHON (default python3), GPU_CHECK_BUDGET_S (default 500),
+# rows.jsonl, table.md, log.txt), PYTHON (default python3), GPU_CHECK_BUDGET_S (default 500; 1500 for the smoke),
 # WHEELS (default wheels), GPU_CHECK_SITE (install target, default /tmp/gpu_check_site), STEPS,
 # WARMUP, and the micro-batches H14_MB_84 (512), H14_MB_224 (128), BIGG_MB (256).
 set -uo pipefail  # no -e: a failed test or row is recorded and the check goes on
@@ -19,7 +20,8 @@ WHEELS=${WHEELS:-wheels}
 [ "${1:-}" = --fetch-wheels ] && exec "$PYTHON" tools/gpu_check_wheels.py fetch "$WHEELS"
 
 START=$(date +%s)
-BUDGET=${GPU_CHECK_BUDGET_S:-500}
+# the CPU smoke compiles its rows on the CPU inductor: minutes per checkpointing variant on 2 cores
+if [ "${CPU_SMOKE:-0}" = 1 ]; then BUDGET=${GPU_CHECK_BUDGET_S:-1500}; else BUDGET=${GPU_CHECK_BUDGET_S:-500}; fi
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt

@@ -16,7 +16,7 @@ from pathlib import Path
 COLUMNS = ("row", "trainer", "model", "px / tokens / T", "micro", "samples/s/GPU", "TFLOP/s", "MFU", "mem GiB",
            "SDPA kernels", "vs open_clip", "flags")
 # the switches a row differs by; torch, python and the input kind are the same for every row (env)
-FLAGS = ("precision", "strategy", "compile", "checkpointing", "attention", "fused_optimizer", "bf16_momentum",
+FLAGS = ("precision", "strategy", "compile", "compile_s", "checkpointing", "attention", "fused_optimizer", "bf16_momentum",
          "optimizer", "micro_batch_search")
 
 

@@ -3,7 +3,9 @@
 `clipav2 convert --to open_clip IN OUT [--model NAME]`: ours to open_clip's layout; OUT is a
 .safetensors file, or a folder (a name without suffix): an open_clip model folder (`open_clip_config.json` with the model and
 preprocessing config beside `open_clip_model.safetensors`) that
-`open_clip.create_model_and_transforms("local-dir:OUT")` loads as trained.
+`open_clip.create_model_and_transforms("local-dir:OUT")` loads as trained, with the WordPiece
+tokenizer's files (`open_clip.get_tokenizer("local-dir:OUT")` works offline; the vocabulary from
+--vocab, else the recipe's data.vocab, else CLIPAV2_VOCAB, else the Hugging Face cache).
 `clipav2 convert --to clipav2 STEP_DIR OUT.safetensors`: a resumable checkpoint to our weights file.
 
 IN may be RUN_DIR/<stage>.safetensors or a checkpoint of a stage still training,
@@ -24,6 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("output", help="file to write (.safetensors), or with --to open_clip a folder")
     parser.add_argument("--model", help="architecture name, e.g. ViT-H-14-CLIPA (default: from the file's metadata)")
     parser.add_argument("--config", help="the recipe of a step directory (default: RUN_DIR/config.yaml)")
+    parser.add_argument("--vocab", help="WordPiece vocabulary for an open_clip folder's tokenizer "
+                                        "(default: the recipe's data.vocab, else CLIPAV2_VOCAB, else the hub cache)")
 
 
 def _read(args):
@@ -54,6 +58,20 @@ def _read(args):
     return model, None, {}
 
 
+def _vocab(args):
+    """The WordPiece vocabulary file the model was trained with, as the trainer finds it."""
+    from clipav2.config import load_config
+    from clipav2.text.vocab import find_vocab
+    from clipav2.train.consolidate import find_step_dir
+
+    recipe = args.config
+    if recipe is None:
+        step_dir = find_step_dir(args.input)
+        run_dir = step_dir.parents[2] if step_dir is not None else Path(args.input).parent
+        recipe = run_dir / "config.yaml" if (run_dir / "config.yaml").is_file() else None
+    return find_vocab(args.vocab or (load_config(recipe).data.vocab if recipe else None))
+
+
 def _named(path):
     from clipav2.models.convert import read_metadata
 
@@ -68,7 +86,7 @@ def _check_name(asked, found, path):
 def main(args) -> int:
     from clipav2.models.arch import ARCHITECTURES
     from clipav2.models.convert import save_model, save_open_clip
-    from clipav2.models.openclip_folder import write_folder
+    from clipav2.models.openclip_folder import wordpiece, write_folder
 
     if args.model is not None and args.model not in ARCHITECTURES:
         print(f"clipav2 convert: unknown architecture {args.model!r}; known: {', '.join(ARCHITECTURES)}", file=sys.stderr)
@@ -82,7 +100,8 @@ def main(args) -> int:
         model, eval_transform, meta = _read(args)
         origin = f"{'open_clip' if args.source else 'clipav2'}:{args.input}"
         if folder:
-            write_folder(model, args.output, eval_transform or "resize", converted_from=origin, **meta)
+            vocab = _vocab(args) if wordpiece(model.arch) else None
+            write_folder(model, args.output, eval_transform or "resize", vocab=vocab, converted_from=origin, **meta)
         elif args.target == "open_clip":
             save_open_clip(model, args.output, converted_from=origin, **meta)
         else:

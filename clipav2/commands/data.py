@@ -1,5 +1,6 @@
-"""`clipav2 data shards|demo|inspect`: build webdataset shards from a user's data, write the
-generated demo data set, and check shards through a stage's training pipeline."""
+"""`clipav2 data shards|demo|inspect|benchmark`: build webdataset shards from a user's data, write the
+generated demo data set, check shards through a stage's training pipeline, and lay labelled shards
+out for LAION's CLIP_benchmark (docs/eval.md)."""
 import json
 import os
 import sys
@@ -25,6 +26,13 @@ def add_arguments(parser) -> None:
     p.add_argument("--eval", type=int, default=1200, help="held-out labelled scenes (default 1200)")
     p.add_argument("--image-size", type=int, default=64)
 
+    p = sub.add_parser("benchmark", help="link labelled shards into CLIP_benchmark's wds/ layout, with the "
+                                         "class names and {c} templates of eval.protocol=open_clip")
+    p.add_argument("shards", help="labelled shards: a directory, pattern or list")
+    p.add_argument("out", help="the --dataset_root to give clip_benchmark (an empty or new directory)")
+    p.add_argument("--classnames", default="imagenet", help="imagenet, demo, or a file (as data.eval_classnames)")
+    p.add_argument("--templates", default="imagenet", help="imagenet, demo, or a file (as data.eval_templates)")
+
     p = sub.add_parser("inspect", help="decode every record through a stage's training pipeline")
     p.add_argument("shards", help="a shard pattern, list or directory")
     p.add_argument("--config", help="a recipe YAML (default: a 224 px stage with the standard augmentation)")
@@ -36,7 +44,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     try:
-        return {"shards": _shards, "demo": _demo, "inspect": _inspect}[args.action](args)
+        return {"shards": _shards, "demo": _demo, "inspect": _inspect, "benchmark": _benchmark}[args.action](args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"clipav2 data {args.action}: {e}", file=sys.stderr)
         return exitcodes.CONFIG
@@ -57,6 +65,15 @@ def _demo(args) -> int:
     manifests = write_demo(args.out, args.seed, args.train, args.eval, args.image_size)
     for split, m in manifests.items():
         print(f"{split}: {m['samples']} samples in {len(m['shards'])} shards under {os.path.join(args.out, split)}")
+    return exitcodes.OK
+
+
+def _benchmark(args) -> int:
+    from clipav2.eval.benchmark_set import write_clip_benchmark_set
+
+    n = write_clip_benchmark_set(args.shards, args.out, args.classnames, args.templates)
+    print(f"{n} shards linked under {args.out}; evaluate with: clip_benchmark eval --model_type open_clip "
+          f"--model local-dir:FOLDER --dataset wds/NAME --dataset_root {args.out} --no_amp")
     return exitcodes.OK
 
 

@@ -2,12 +2,15 @@
 
 Per stage: image size, kept image tokens, text length, samples, global batch, steps, warmup, peak
 LR and training FLOPs; with an accelerator, GPU-hours, wall time and dollars against the budget.
+A cost input no flag or recipe key gave (MFU, GPU count, price) is listed under the table as
+assumed; without an accelerator a line says why the cost is left out.
 """
 import json
 import sys
 
 from clipav2 import exitcodes
 from clipav2.config import ConfigError, load_config
+from clipav2.cost.paper import PAPER_MFU
 
 
 def add_arguments(parser):
@@ -17,9 +20,10 @@ def add_arguments(parser):
     parser.add_argument("--resolved", action="store_true",
                         help="print the recipe flattened (base, stage_defaults and overrides applied) as YAML, as RUN_DIR/config.yaml holds it")
     parser.add_argument("--gpu", help="accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3); default cost.gpu of the recipe")
-    parser.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 8)")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 8, printed as assumed)")
     rate = parser.add_mutually_exclusive_group()
-    rate.add_argument("--mfu", type=float, help="model FLOPs utilisation to assume (default 0.45)")
+    rate.add_argument("--mfu", type=float,
+                      help="model FLOPs utilisation to assume (default 0.265, the A100 MFU the CLIPA-v2 paper's H/14 hours imply; printed as assumed)")
     rate.add_argument("--samples-per-s", type=float, dest="samples_per_s",
                       help="measured samples/s PER GPU on the first stage (e.g. from clipav2 bench); later stages scale by FLOPs")
     parser.add_argument("--price", help="USD per GPU-hour (default: the price table, or cost.price_per_gpu_hour)")
@@ -34,7 +38,8 @@ def _hardware(args, cfg):
     gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else None)
     flags = any(v is not None for v in (args.gpu, args.gpus, args.mfu, args.samples_per_s, args.price))
     if not (gpu or flags):
-        return None
+        return ("cost left out: the recipe's cost.gpu is auto (the accelerator the run finds); "
+                "give --gpu to cost it, e.g. --gpu a100-80gb --gpus 64")
     if gpu is None:
         raise ValueError("--gpu: name the accelerator to cost on (a100-40gb, a100-80gb, h100, h200, tpu-v3)")
     accel = get_accelerator(gpu)
@@ -42,8 +47,22 @@ def _hardware(args, cfg):
         return f"cost left out: {accel.name} has no peak FLOP/s to apply an MFU to; give --samples-per-s (e.g. from clipav2 bench)"
     price = args.price if args.price is not None else cfg.cost.price_per_gpu_hour
     price = accel.price_per_hour if price is None else parse_price(price)
-    mfu = args.mfu if args.mfu is not None or args.samples_per_s is not None else 0.45
+    mfu = args.mfu if args.mfu is not None or args.samples_per_s is not None else PAPER_MFU
     return Hardware(accel, 8 if args.gpus is None else args.gpus, price, mfu, args.samples_per_s)
+
+
+def _assumed(args, cfg) -> list[str]:
+    """The cost inputs that no flag and no recipe key gave: printed, so a default is never read as
+    a measurement."""
+    out = []
+    if args.mfu is None and args.samples_per_s is None:
+        out.append(f"MFU {PAPER_MFU:.1%}, the A100 figure the CLIPA-v2 paper's 8,640 H/14 hours imply "
+                   "(--mfu, or --samples-per-s from clipav2 bench)")
+    if args.gpus is None:
+        out.append("8 GPUs (--gpus)")
+    if args.price is None and cfg.cost.price_per_gpu_hour is None:
+        out.append("the price table's $/GPU-hour (--price)")
+    return out
 
 
 def _text(doc) -> str:
@@ -62,9 +81,15 @@ def _text(doc) -> str:
     if has_cost:
         total += f"{doc['total_gpu_hours']:>11,.0f}{doc['total_wall_hours'] / 24:>8.1f}{doc['total_cost_usd']:>12,.0f}"
     lines.append(total)
+    lo, hi = (f(s["checkpointing_factor"] for s in doc["stages"]) for f in (min, max))
+    if hi > 1:  # recomputation: what the GPUs execute beyond the train FLOPs
+        span = f"{lo:.3f}" if f"{lo:.3f}" == f"{hi:.3f}" else f"{lo:.3f} to {hi:.3f}"
+        lines.append(f"checkpointing {doc['checkpointing']}: the GPUs execute {span}x the train FLOPs (each checkpointed "
+                     f"block recomputes its forward up to fc2's input); MFU counts train FLOPs only")
     if has_cost:
         mfu = f"MFU {doc['mfu']:.1%}" if doc.get("mfu") is not None else "measured samples/s"
         lines.append(f"on {doc['gpus']} x {doc['gpu']} at ${doc['price_per_gpu_hour']:.3f}/GPU-hour, {mfu}")
+        lines += [f"assumed: {a}" for a in doc.get("assumed", [])]
     budget = doc.get("budget_usd")
     if budget is not None:
         verdict = ""
@@ -103,5 +128,7 @@ def main(args) -> int:
         return exitcodes.CONFIG
     if note:
         doc["cost_note"] = note
+    elif "total_cost_usd" in doc:
+        doc["assumed"] = _assumed(args, cfg)
     print(json.dumps(doc, indent=1) if args.json else _text(doc) + (f"\n{note}" if note else ""))
     return exitcodes.OK

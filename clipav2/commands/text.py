@@ -8,7 +8,7 @@ import sys
 from clipav2 import exitcodes
 from clipav2.config import StageConfig
 from clipav2.reduce.text import REDUCTIONS as TEXT_REDUCTIONS, supported
-from clipav2.text.tokenizer import TOKENIZER_MODES
+from clipav2.text import TOKENIZER_MODES
 
 
 def add_arguments(parser) -> None:

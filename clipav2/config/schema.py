@@ -296,7 +296,7 @@ class StageConfig:
     def _validate_reductions(self, key: str, patch: int) -> None:
         """The token-length reductions of both towers, by their owning modules."""
         from clipav2.reduce import image, text
-        from clipav2.text.tokenizer import TOKENIZER_MODES
+        from clipav2.text import TOKENIZER_MODES
 
         grid = self.image_size // patch
         _owned(key, image.check, self.image_reduction, (grid, grid), self.image_mask_ratio, self.grid_window)

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PAPER_PRICE = 1.575  # USD per A100-80GB hour, the paper's GCP figure
+# The A100 MFU the paper's 8,640 A100-hours imply for configs/h14.yaml's training FLOPs (fine-tune
+# masks counted; tests/test_cost_paper.py): `clipav2 plan` assumes it when no rate is given.
+PAPER_MFU = 0.265
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class StagePlan:
     peak_lr: float
     train_flops_per_sample: int
     train_flops: int
+    checkpointing_factor: float  # FLOPs the GPUs execute over train_flops: 1 + recomputation's share
     gpu_hours: float | None = None
     wall_hours: float | None = None
     cost_usd: float | None = None
@@ -37,9 +38,10 @@ class StagePlan:
 
 @dataclass
 class Hardware:
-    """Where the plan runs: `mfu` (fraction of the accelerator's peak) or `samples_per_s_per_gpu`
-    measured on the FIRST stage (e.g. by `clipav2 bench`; the other stages are scaled by their
-    FLOPs, i.e. the same MFU)."""
+    """Where the plan runs: `mfu` (model FLOPs over the accelerator's peak, recomputation not
+    counted, as `clipav2 bench` and the metrics report it) or `samples_per_s_per_gpu` measured on
+    the FIRST stage (e.g. by `clipav2 bench`; the other stages are scaled by the FLOPs the GPUs
+    execute, recomputation included, i.e. the same hardware utilisation)."""
 
     accelerator: Accelerator
     gpus: int
@@ -59,10 +61,12 @@ class Hardware:
         if self.mfu is not None and not self.accelerator.peak_flops:
             raise ValueError(f"--mfu needs a peak FLOP/s, and {self.accelerator.name} has none: use --samples-per-s")
 
-    def flops_per_gpu_second(self, first_stage_flops: int) -> float:
+    def flops_per_gpu_second(self, first_stage_flops: int, first_stage_factor: float = 1.0) -> float:
+        """Model FLOPs per GPU-second: `mfu` x peak, or the measured rate x the first stage's
+        FLOPs, corrected for how much of its work was recomputation relative to each stage's."""
         if self.mfu is not None:
             return self.mfu * self.accelerator.peak_flops
-        return self.samples_per_s_per_gpu * first_stage_flops
+        return self.samples_per_s_per_gpu * first_stage_flops * first_stage_factor
 
 
 def plan(cfg: Config, hardware: Hardware | None = None) -> dict:
@@ -70,13 +74,18 @@ def plan(cfg: Config, hardware: Hardware | None = None) -> dict:
     rows = []
     for s in (resolve(cfg, i) for i in range(len(cfg.stages))):
         per_sample = s.train_flops_per_sample
+        factor = 1 + s.recompute_flops_per_sample / per_sample
         rows.append(StagePlan(s.name, s.image_size, s.kept_image_tokens, s.text_len, s.samples, s.global_batch,
-                              s.steps, s.warmup_steps, s.peak_lr, per_sample, per_sample * s.samples))
-    doc = {"model": cfg.model.name, "total_train_flops": sum(r.train_flops for r in rows), "budget_usd": cfg.cost.budget_usd}
+                              s.steps, s.warmup_steps, s.peak_lr, per_sample, per_sample * s.samples, factor))
+    doc = {"model": cfg.model.name, "checkpointing": cfg.model.checkpointing,
+           "total_train_flops": sum(r.train_flops for r in rows), "budget_usd": cfg.cost.budget_usd}
     if hardware is not None:
-        rate = hardware.flops_per_gpu_second(rows[0].train_flops_per_sample)
+        first = rows[0]
+        rate = hardware.flops_per_gpu_second(first.train_flops_per_sample, first.checkpointing_factor)
         for r in rows:
-            r.gpu_hours = r.train_flops / rate / 3600.0
+            # an MFU holds across stages as given; a measured rate holds in executed FLOPs
+            executed = 1.0 if hardware.mfu is not None else r.checkpointing_factor
+            r.gpu_hours = r.train_flops * executed / rate / 3600.0
             r.wall_hours = r.gpu_hours / hardware.gpus
             r.cost_usd = r.gpu_hours * hardware.price_per_gpu_hour
         doc.update(gpu=hardware.accelerator.name, gpus=hardware.gpus, price_per_gpu_hour=hardware.price_per_gpu_hour,

@@ -1,4 +1,5 @@
-"""Zero-shot evaluation while a stage trains (`eval.every_samples`, `eval.every_minutes`).
+"""Zero-shot evaluation while a stage trains (`eval.every_samples`, `eval.every_minutes`) and at
+its end (`eval.at_stage_end`), both through `evaluate_live`.
 
 Every rank evaluates the live model through the engine's own forward, on its share of the set
 (`run.evaluate` with a world), so no rank waits at a barrier while one evaluates alone and no
@@ -17,12 +18,15 @@ import torch
 
 
 class EngineModel:
-    """`encode_image` / `encode_text` of a wrapped model (DDP, FSDP2, a DeepSpeed engine) through
-    its forward, the only call those engines prepare the parameters for; the other input is a
-    one-item placeholder."""
+    """`encode_image` / `encode_text` of an engine's wrapped model (DDP, FSDP2, a DeepSpeed
+    engine, or single/ddp's bf16_params casting forward) through its forward, the only call those
+    engines prepare the parameters for; the other input is a one-item placeholder."""
 
-    def __init__(self, wrapped, image_size: int, placeholder_ids: torch.Tensor, device):
-        self.wrapped, self.device = wrapped, device
+    def __init__(self, engine, image_size: int, placeholder_ids: torch.Tensor, device):
+        self.wrapped, self.device = engine.model, device
+        # train()/eval() go to the wrapper where it is a module, else to the plain module under
+        # the bf16_params forward (a function)
+        self.modes = engine.model if isinstance(engine.model, torch.nn.Module) else engine.module
         self.image = torch.zeros(1, 3, image_size, image_size, device=device)
         self.ids = placeholder_ids.to(device)
 
@@ -33,7 +37,11 @@ class EngineModel:
         return self.wrapped(self.image, ids)[1]
 
     def eval(self):
-        self.wrapped.eval()
+        self.modes.eval()
+        return self
+
+    def train(self):
+        self.modes.train()
         return self
 
 
@@ -71,19 +79,28 @@ class PeriodicEval:
             return any_rank(self.world, late)
         return False
 
-    def run(self, wrapped) -> dict:
-        """Evaluate the live model (`wrapped`: the engine's) on every rank; the training mode and
-        RNG state are restored."""
-        from clipav2.eval.run import evaluate
-        from clipav2.rng import rng_state, set_rng_state
-        from clipav2.text import tokenize
-
-        s, device = self.stage, self.world.device
-        saved = rng_state()
-        model = EngineModel(wrapped, s.image_size, tokenize([""], s.text_len, s.tokenizer_mode, vocab=self.cfg.data.vocab), device)
+    def run(self, engine) -> dict:
+        """Evaluate the live model (the engine's, `clipav2.parallel`) on every rank; the training
+        mode and RNG state are restored."""
         try:
-            return evaluate(model, self.cfg, s, device, world=self.world)
+            return evaluate_live(engine, self.cfg, self.stage, self.world)
         finally:
-            wrapped.train()
-            set_rng_state(saved)
             self.last = time.monotonic()
+
+
+def evaluate_live(engine, cfg, stage, world) -> dict:
+    """`run.evaluate` of the engine's live model through the engine's forward, every rank on its
+    share of the sets (a collective under a distributed world); the training mode and the RNG
+    state are put back afterwards."""
+    from clipav2.eval.run import evaluate
+    from clipav2.rng import rng_state, set_rng_state
+    from clipav2.text import tokenize
+
+    saved = rng_state()
+    ids = tokenize([""], stage.text_len, stage.tokenizer_mode, vocab=cfg.data.vocab)
+    model = EngineModel(engine, stage.image_size, ids, world.device)
+    try:
+        return evaluate(model, cfg, stage, world.device, world=world)
+    finally:
+        model.train()
+        set_rng_state(saved)

@@ -196,9 +196,11 @@ def classification_batches(path: str, image_size: int, kind: str, batch_size: in
 
 
 def retrieval_batches(path: str, image_size: int, kind: str, batch_size: int, tokenize, workers: int = 0,
-                      protocol: str = "clipa", fast_decode: bool = True) -> Batches:
-    """(uint8 images, token ids) batches of captioned shards (caption = `txt`)."""
+                      protocol: str = "clipa", fast_decode: bool = True, part=(0, 1)) -> Batches:
+    """(uint8 images, token ids) batches of captioned shards (caption = `txt`); `part` (rank,
+    world): this rank's share of the pairs."""
     from clipav2.data import EvalTransform, expand_urls
 
-    dataset = _ShardRecords(expand_urls(str(path)), EvalTransform(image_size, kind, fast_decode, protocol), _caption)
+    dataset = _ShardRecords(expand_urls(str(path)), EvalTransform(image_size, kind, fast_decode, protocol), _caption,
+                            part)
     return Batches(_loader(dataset, batch_size, workers, tokenize), str(path))

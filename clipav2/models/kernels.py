@@ -3,11 +3,14 @@
 `F.scaled_dot_product_attention` picks flash, cuDNN, memory-efficient or math per call (from the
 dtype, head dim, device and the allowed backends), so a configured name alone does not say what
 ran. Only the profiler's CPU activity is used: every call passes through the dispatcher, compiled
-code included, and no CUDA profiler is needed.
+code included, and no CUDA profiler is needed. The profiler's own log (libkineto's
+`profiler_start`/`profiler_stop` lines and, on a machine without a GPU, an "ERROR" that it found
+no device) is silenced for the probe: it is noise to a user reading a training run.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 
 # operator name pieces, most specific first -> the kernel's short name
@@ -34,8 +37,13 @@ def attention_kernels():
     per kernel, filled when the block ends."""
     from torch.profiler import ProfilerActivity, profile
 
+    # read when the profiler first starts; above every libkineto severity, so nothing prints
+    # (a KINETO_LOG_LEVEL the user set wins)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")
     ran = Counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    # one cycle either way; acc_events skips the "Profiler clears events" warning that
+    # torch.profiler's prepare_trace gives when it finds a profiler already made
+    with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
         yield ran
     for event in prof.events():
         kernel = kernel_of(event.name)

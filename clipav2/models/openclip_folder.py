@@ -3,6 +3,9 @@
 
     FOLDER/open_clip_config.json      {"model_cfg": ..., "preprocess_cfg": ...}
     FOLDER/open_clip_model.safetensors  the weights in open_clip's names (our metadata inside)
+    FOLDER/vocab.txt, tokenizer_config.json  the WordPiece tokenizer (CLIPA-v2 text towers), which
+                                      `open_clip.get_tokenizer("local-dir:" + folder)` loads from the
+                                      folder through Hugging Face's AutoTokenizer, offline
 
 `model_cfg` carries the numerics the weights were trained with, through open_clip's
 `act_kwargs` / `norm_kwargs` (tanh GELU, LayerNorm eps 1e-6 for the JAX-trained CLIPA-v2 weights),
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -28,6 +32,11 @@ WEIGHTS = "open_clip_model.safetensors"
 RESIZE_MODES = {"resize": "squash", "center_crop": "shortest"}
 
 
+def wordpiece(arch: ClipArch) -> bool:
+    """Whether the text tower reads bert-base-uncased WordPiece ids (CLIPA-v2), not CLIP's BPE (v1)."""
+    return arch.text.vocab_size == 32000
+
+
 def model_cfg(arch: ClipArch) -> dict:
     """open_clip's model config (the fields of its ViT-*-CLIPA.json) for `arch`, numerics explicit."""
     v, t = arch.vision, arch.text
@@ -38,7 +47,7 @@ def model_cfg(arch: ClipArch) -> dict:
                 "norm_kwargs": {"eps": arch.ln_eps}}
     # CLIPA-v2's text tower is WordPiece (bert-base-uncased, [SEP] stripped); v1's is CLIP's BPE, open_clip's default
     tokenizer = ({"hf_tokenizer_name": "bert-base-uncased", "tokenizer_kwargs": {"strip_sep_token": True}}
-                 if t.vocab_size == 32000 else {})
+                 if wordpiece(arch) else {})
     return {
         "embed_dim": arch.embed_dim,
         "vision_cfg": {
@@ -59,8 +68,19 @@ def preprocess_cfg(image_size: int, eval_transform: str = "resize") -> dict:
             "interpolation": "bilinear", "resize_mode": RESIZE_MODES[eval_transform]}
 
 
-def write_folder(model, folder, eval_transform: str = "resize", **meta) -> Path:
-    """Write `model` as an open_clip model folder (created if needed); returns the weights path."""
+def write_tokenizer(folder: Path, vocab, context_length: int) -> None:
+    """vocab.txt and the tokenizer_config.json that makes AutoTokenizer build a lower-casing BERT
+    tokenizer from it (its special tokens are BERT's defaults: [CLS], [SEP], [PAD], [UNK], [MASK])."""
+    shutil.copyfile(vocab, folder / "vocab.txt")
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": context_length}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_folder(model, folder, eval_transform: str = "resize", vocab=None, **meta) -> Path:
+    """Write `model` as an open_clip model folder (created if needed); returns the weights path.
+    `vocab`: the WordPiece vocabulary file of a CLIPA-v2 text tower (required for one)."""
+    if wordpiece(model.arch) and vocab is None:
+        raise ValueError(f"{model.arch.name}: its WordPiece vocabulary is needed to write the folder's tokenizer")
     from clipav2.models.convert import save_open_clip
 
     folder = Path(folder)
@@ -69,6 +89,8 @@ def write_folder(model, folder, eval_transform: str = "resize", **meta) -> Path:
     with warnings.catch_warnings():  # "open_clip runs this model with exact GELU": not from this folder
         warnings.filterwarnings("ignore", message="open_clip runs this model")
         save_open_clip(model, weights, **meta)
+    if wordpiece(model.arch):
+        write_tokenizer(folder, vocab, model.arch.text.context_length)
     doc = {"model_cfg": model_cfg(model.arch), "preprocess_cfg": preprocess_cfg(model.arch.vision.image_size, eval_transform)}
     tmp = folder / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

@@ -79,12 +79,17 @@ class VisionTower(nn.Module):
                 f"images must be (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}; "
                 f"call set_image_size() to change the resolution"
             )
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, D), row-major patches
-        pos = self.pos_embed.to(x.dtype)
+        # The residual stream is in the tower's parameter dtype: fp32 under bf16_autocast (CLIPA's
+        # JAX numerics: fp32 activations, bf16 matmuls), bf16 under bf16_params. Autocast returns
+        # the patch convolution in bf16, so its output is cast back, as the text tower's embedding
+        # (not autocast) already is.
+        dtype = self.class_token.dtype
+        x = self.patch_embed(images).flatten(2).transpose(1, 2).to(dtype)  # (B, N, D), row-major patches
+        pos = self.pos_embed.to(dtype)
         x = x + pos[1:]
         if keep is not None:
             x = select_tokens(x, keep)
-        cls = (self.class_token.to(x.dtype) + pos[0]).expand(x.shape[0], 1, -1)
+        cls = (self.class_token + pos[0]).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         if self.norm_pre is not None:
             x = self.norm_pre(x)

@@ -2,7 +2,7 @@
 shape torchtitan uses, torchtitan/models/llama3/infra/parallelize.py):
 
     apply_ac(model, "every_2")       # activation checkpointing of the transformer blocks
-    apply_compile(model)             # torch.compile of each block (checkpointed ones included)
+    apply_compile(model)             # torch.compile of each block for its static shapes
     apply_fsdp(model, ...) / apply_ddp(model, ...)
 
 The model files know nothing of any of them: a block is a block. Each function works in place
@@ -66,12 +66,41 @@ def apply_ac(model, mode: str):
     return model
 
 
+# Graphs one process may hold for the blocks' shared code (dynamo's default is 8): two per stage
+# (one per tower), and a stage whose micro-batch is halved after an out-of-memory trial adds two.
+RECOMPILE_LIMIT = 32
+
+
 def apply_compile(model):
     """torch.compile each transformer block in place (`nn.Module.compile`: parameter names do not
-    change). Blocks of one tower share one graph; a new sequence length recompiles once."""
+    change), for static shapes: every block of one tower runs one graph specialised to that
+    tower's (micro-batch, tokens, width), compiled at its first call. The blocks of both towers
+    share one code object, so without `dynamic=False` the text tower's first call would
+    recompile the image tower's graph for a dynamic sequence length, and every later stage
+    would run that slower dynamic graph. A stage change (image size, mask ratio, text length,
+    micro-batch) compiles the new shapes once. Evaluation runs eager (`eager`), so its batch
+    sizes compile nothing."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for block in blocks(model):
-        block.compile()
+        block.compile(dynamic=False)
     return model
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far (dynamo, AOT autograd and inductor,
+    forward and backward graphs): the difference across a step is that step's compile time."""
+    from torch._dynamo.utils import calculate_time_spent
+
+    return calculate_time_spent().get("total_wall_time", 0.0)
+
+
+def eager():
+    """Context in which compiled blocks run their plain eager code and compile nothing: for
+    evaluation, whose batch shapes (the class prompts, a last partial batch, the one-item
+    placeholders) differ from training's and take a small share of the run's compute."""
+    return torch.compiler.set_stance("force_eager")
 
 
 def apply_ddp(model, device: torch.device):

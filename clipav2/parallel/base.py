@@ -64,6 +64,7 @@ class Engine:
         self.precision = resolve_precision(parallel, world)
         self.model = None  # what the step calls: model(images, ids, keep) -> (img, txt, scale)
         self.module = None  # the plain module underneath (parameters, state dict)
+        self.compiled = False  # the blocks are torch.compiled (model.compile, resolved)
 
     # ------------------------------------------------------------------ what engines provide
     def wrap(self, model, make_optimizer, shape: StepShape):

@@ -9,6 +9,7 @@ import gc
 import torch
 
 from clipav2.models.kernels import attention_kernels, describe
+from clipav2.parallel.apply import compile_seconds
 from clipav2.perf.measure import peak_memory_bytes, reset_peak_memory, time_steps
 from clipav2.perf.result import Row
 
@@ -19,6 +20,7 @@ def measure_row(row: Row, make_step, batches, device: torch.device) -> Row:
     step = None
     try:
         reset_peak_memory(device)
+        compiled = compile_seconds()
         step = make_step()
         for _ in range(row.warmup - 1):
             step(next(batches))
@@ -26,6 +28,8 @@ def measure_row(row: Row, make_step, batches, device: torch.device) -> Row:
             with attention_kernels() as ran:
                 step(next(batches))
             row.flags["sdpa_kernels"] = describe(ran)
+        if row.flags.get("compile"):
+            row.flags["compile_s"] = round(compile_seconds() - compiled, 1)  # torch.compile's share of the warm-up
         window = time_steps(step, batches, row.steps, device)
         loss = window.last_output
         loss = float(getattr(loss, "loss", loss)) if loss is not None else None

@@ -18,11 +18,9 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
+from clipav2.text import MODES
 from clipav2.text.basic import MAX_WORD_BYTES, clipa_normalize
 from clipav2.text.vocab import file_sha256, find_vocab
-
-MODES = ("clipa", "open_clip")  # the WordPiece modes of `Tokenizer`
-TOKENIZER_MODES = (*MODES, "clip_bpe")  # stages[].tokenizer_mode; clip_bpe: CLIP's BPE (CLIPA v1, text/bpe.py)
 
 
 def as_text(caption) -> str:

@@ -23,7 +23,8 @@ import torch.distributed as dist
 from clipav2 import exitcodes
 from clipav2.config import ConfigError, to_dict
 from clipav2.parallel.env import any_rank
-from clipav2.train.metrics import JsonlWriter, MetricsLogger, quiet_library_warnings, stage_header
+from clipav2.train.metrics import (JsonlWriter, MetricsLogger, compute_line, expected_line, quiet_library_warnings,
+                                   stage_header)
 from clipav2.train.skipcount import describe_skipped, summed_over_ranks
 from clipav2.train.stages import build_stage_model, stage_weights
 
@@ -82,6 +83,7 @@ class Trainer:
                                      cfg.log.progress_seconds, cfg.log.wandb, to_dict(cfg))
         self.evals = JsonlWriter(self.run_dir / "eval.jsonl", world.is_main)
         self.ledger = None
+        self.expected_said = False  # the expected time is said once, after the first logged steps
         self.t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ ledger
@@ -235,10 +237,12 @@ class Trainer:
                 self.metrics.close_bar()
                 _say(world, monitor.message if code is not None else self.guard_message())
                 return code if code is not None else exitcodes.BUDGET
+            t_aside = time.perf_counter()  # evaluations and saves are not training: out of samples/s
             if run.periodic.due(run.step, at_log_step=report is not None):
-                self._evaluate(stage, run.step, lambda: run.periodic.run(run.train_step.engine.model), "periodic")
+                self._evaluate(stage, run.step, lambda: run.periodic.run(run.train_step.engine), "periodic")
             if run.step < stage.steps and run.ckpt.due(run.step):
                 self._save(run)
+            window.t0 += time.perf_counter() - t_aside
         self.metrics.close_bar()
         return None
 
@@ -255,10 +259,10 @@ class Trainer:
             _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
                         f"not written, exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
-        run.train_step = None  # the engine's memory goes before the evaluation's
         run.loader.close()
+        eval_seconds = self._finish_stage(run, full)  # charged as eval there
+        run.train_step = None  # the engine's memory goes before the next stage's
         gc.collect()
-        eval_seconds = self._finish_stage(stage, full, run.step)  # charged as eval there
         self._charge(stage.name, "checkpoint", max(time.perf_counter() - t - eval_seconds, 0.0))
         if self.ledger is not None:
             self.ledger.write(self.run_dir)
@@ -268,10 +272,15 @@ class Trainer:
     def _first_step(self, train_step, micro, step):
         """A step under the profiler, to print the attention kernel SDPA really chose."""
         from clipav2.models.kernels import attention_kernels, describe
+        from clipav2.parallel.apply import compile_seconds
 
+        compiled, t = compile_seconds(), time.perf_counter()
         with attention_kernels() as ran:
             result = train_step.run(micro, step)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
+        if train_step.engine.compiled:  # the blocks compile at their first call: this step
+            _say(self.world, f"compile: {compile_seconds() - compiled:.0f} s of the first step's "
+                             f"{time.perf_counter() - t:.0f} s (torch.compile, this stage's shapes)")
         if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
             import torch
 
@@ -309,7 +318,13 @@ class Trainer:
                 "projected_cost_usd": projection["projected_total_usd"] if projection else None,
                 "time": time.time(),
             }
+            if projection:  # wall seconds to go: the projection's GPU-hours over the job's GPUs
+                wall = {r["name"]: r["gpu_hours_to_go"] * 3600 / world.world_size for r in projection["stages"]}
+                record.update(stage_seconds_to_go=wall[stage.name], seconds_to_go=sum(wall.values()))
             self.metrics.log(record, stats["steps"])
+            if projection and not self.expected_said:
+                self.expected_said = True
+                self.metrics.say(expected_line(record, stats["steps"], stage.train_flops_per_sample, projection["overhead_ratio"]))
             self.ledger.write(self.run_dir, projection=projection)
             seconds_per_step = stats["seconds"] / max(stats["steps"], 1)
             to_next = min(run.ckpt.every_steps - step % run.ckpt.every_steps, stage.steps - step) * seconds_per_step
@@ -318,7 +333,7 @@ class Trainer:
         return "stop" if any_rank(world, stop) else None
 
     def _evaluate(self, stage, step: int, run, when: str) -> float:
-        """Run an evaluation (`run()`: collective for "periodic", main rank only at a stage's end),
+        """Run an evaluation (`run()`: collective, every rank evaluates its share),
         charge its time to the ledger as eval, and record it (main rank) with the recipe's samples
         seen, GPU-hours and dollars at that point. Returns the seconds it took."""
         from clipav2.eval.periodic import recipe_samples
@@ -341,21 +356,24 @@ class Trainer:
         self.metrics.say(describe(stage.name, result) + f" at {record['recipe_samples']:,} samples, ${record['cost_usd']:.4g}")
         return seconds
 
-    def _finish_stage(self, stage, full: dict, step: int) -> float:
-        """Main rank: the consolidated weights -> evaluation -> RUN_DIR/<stage>.safetensors (written
-        even when the evaluation fails). Returns the evaluation's seconds."""
-        from clipav2.eval.run import evaluate
+    def _finish_stage(self, run: _StageRun, full: dict) -> float:
+        """The stage-end evaluation of the live model, shared by every rank through the engine's
+        forward as the periodic one is, then (main rank) the consolidated weights ->
+        RUN_DIR/<stage>.safetensors, written even when the evaluation fails. Returns the
+        evaluation's seconds."""
+        from clipav2.eval.periodic import evaluate_live
         from clipav2.models.convert import build_and_load, save_model
-        cfg, world = self.cfg, self.world
+        cfg, world, stage, step = self.cfg, self.world, run.stage, run.step
         eval_seconds = 0.0
-        if world.is_main:
-            model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
-            try:
-                if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
-                    eval_seconds = self._evaluate(stage, step, lambda: evaluate(model.to(world.device), cfg, stage, world.device), "stage_end")
-            finally:  # an evaluation that fails must not cost the stage its weights
+        try:
+            if cfg.eval.at_stage_end and (cfg.data.eval or cfg.data.retrieval):
+                evaluate = lambda: evaluate_live(run.train_step.engine, cfg, stage, world)  # noqa: E731
+                eval_seconds = self._evaluate(stage, step, evaluate, "stage_end")
+        finally:  # an evaluation that fails must not cost the stage its weights
+            if world.is_main:
+                model = build_and_load(stage.arch, {k: v.float() for k, v in full.items()})  # the architecture it trained
                 self.ledger.set_progress(stage.name, step, step * stage.global_batch)
-                save_model(model.cpu(), stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
+                save_model(model, stage_weights(self.run_dir, stage.name), stage=stage.name, step=step,
                            ledger=self.ledger.state_dict())
                 print(f"[{stage.name}] weights -> {stage_weights(self.run_dir, stage.name)}", flush=True)
         _barrier(world)
@@ -404,6 +422,14 @@ class _Window:
         return out
 
 
+def _say_compute(cfg, world) -> None:
+    from clipav2.cost.plan import stage_flops
+    from clipav2.parallel.env import device_name
+
+    recipe_flops = sum(stage_flops(cfg, i) * s.samples for i, s in enumerate(cfg.stages))
+    _say(world, compute_line(device_name(world.device), world.world_size, recipe_flops))
+
+
 def train(cfg, only_stage=None, fresh: bool = False) -> int:
     """Run the recipe; the process exit code (clipav2.exitcodes)."""
     from clipav2.parallel import init_distributed
@@ -425,6 +451,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
             lock = lock_run_dir(cfg.run_dir, world)  # one run per RUN_DIR, for the whole run
             if fresh:
                 rundir.start_fresh(cfg, world)
+            _say_compute(cfg, world)  # before the demo data set is generated: that takes a while too
             if cfg.data.demo:
                 prepare_demo_data(cfg, world)
             rundir.prepare(cfg, world)  # stale .tmp removed, recipe unchanged, config.yaml written

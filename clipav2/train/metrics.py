@@ -7,6 +7,7 @@ it syncs with the device."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -139,8 +140,11 @@ class MetricsLogger:
             self.wandb.log({f"train/{k}": v for k, v in _scalars(record).items()}, x)
         if self.bar is not None:
             self.bar.update(steps_advanced)
+            # the bar's own ETA is this stage's; the recipe's comes from the projection
+            left = record.get("seconds_to_go")
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_s']:.1f}",
-                                 usd=f"{record['cost_usd']:.2f}", refresh=False)
+                                 usd=f"{record['cost_usd']:.2f}", **({"all": f"~{_duration(left)}"} if left else {}),
+                                 refresh=False)
         elif self.progress and (record["step"] >= self.total or time.monotonic() - self.last_line >= self.progress_seconds):
             self.last_line = time.monotonic()
             print(progress_line(record, self.total), flush=True)
@@ -152,7 +156,7 @@ class MetricsLogger:
             return
         x, walltime = record["recipe_samples"], record.get("time")
         values = {f"eval/zero_shot_{k}": record[k] for k in EVAL_KEYS if isinstance(record.get(k), float)}
-        values.update({f"eval/retrieval_{k}": v for k, v in record.get("retrieval", {}).items() if k != "n"})
+        values.update({f"eval/retrieval_{k}": v for k, v in record.get("retrieval", {}).items() if k not in ("n", "ranks")})
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, x, walltime=walltime)
@@ -186,14 +190,49 @@ class MetricsLogger:
 
 
 def progress_line(record: dict, total_steps: int) -> str:
-    """"[pretrain] step 120/250 (48%), 15,360 samples, loss 2.345, 142 samples/s, $0.0123 spent, 1m 12s to go"."""
+    """"[pretrain] step 120/250 (48%), 15,360 samples, loss 2.345, 142 samples/s, $0.0123 spent,
+    1m 12s to go in this stage, ~4m 30s in all": the times to go are the record's projection (the
+    measured rate, evaluations and checkpoints at the ratio measured so far, later stages by FLOPs)."""
     step, sps = record["step"], record["samples_per_s"]
-    batch = record["samples_seen"] / max(step, 1)
-    left = (total_steps - step) * batch / sps if sps > 0 else float("nan")
-    eta = "" if left != left else f", {_duration(left)} to go" if step < total_steps else ", done"
+    stage_left, all_left = record.get("stage_seconds_to_go"), record.get("seconds_to_go")
+    eta = ""
+    if step >= total_steps:
+        eta = ", done" + (f", ~{_duration(all_left)} to go in all" if all_left else "")
+    elif stage_left is not None:
+        eta = f", {_duration(stage_left)} to go in this stage, ~{_duration(all_left)} in all"
     return (f"[{record['stage']}] step {step:,}/{total_steps:,} ({step / max(total_steps, 1):.0%}), "
             f"{record['samples_seen']:,} samples, loss {record['loss']:.3f}, {sps:,.1f} samples/s, "
             f"${record['cost_usd']:.4g} spent{eta}")
+
+
+def compute_line(device: str, ranks: int, recipe_flops: float) -> str:
+    """What the run computes on and how much, said before the first step: "compute: 1 rank on cpu
+    (2 cores, 2 threads); the recipe trains 12.65 TFLOP; the expected time follows its first logged
+    steps". A CPU's threads say why a run is slower than the README's figure."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    chosen = f", threads set by OMP_NUM_THREADS={threads}" if threads and device.startswith("cpu") else ""
+    return (f"compute: {ranks} rank{'s' if ranks > 1 else ''} on {device}{chosen}; the recipe trains "
+            f"{_si(recipe_flops)}FLOP; the expected time follows its first logged steps")
+
+
+def expected_line(record: dict, steps: int, flops_per_sample: float, overhead: float) -> str:
+    """After the first logged steps: "expected: ~4m 10s to the end of the recipe at 48.50 GFLOP/s,
+    measured on steps 1-10 of pretrain (evaluations and checkpoints +12%, as measured so far); ..."."""
+    first, last = record["step"] - steps + 1, record["step"]
+    rate = record["samples_per_s"] * flops_per_sample
+    extra = (f"evaluations and checkpoints +{overhead:.0%}, as measured so far" if overhead > 0 else
+             "evaluations and checkpoints not included until one is measured")
+    return (f"expected: ~{_duration(record['seconds_to_go'])} to the end of the recipe at {_si(rate)}FLOP/s, "
+            f"measured on steps {first}-{last} of {record['stage']} ({extra}); a busier machine takes longer, "
+            f"and the progress line follows it")
+
+
+def _si(x: float) -> str:
+    """12.65e12 -> "12.65 T" (FLOPs and FLOP/s: G, T, P, E)."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12)):
+        if x >= scale:
+            return f"{x / scale:,.2f} {prefix}"
+    return f"{x / 1e9:,.2f} G"
 
 
 def _duration(seconds: float) -> str:

@@ -38,6 +38,7 @@ rdzv_id() { echo "${SLURM_JOB_ID:-0}.${SLURM_RESTART_COUNT:-0}"; }
 # One task per node: this node's launcher starts NUM_GPUS trainers; exits with their code.
 slurm_node() {
   check_settings
+  [ -n "$LAUNCHER" ] || die "LAUNCHER is not set: \`helper.sh node\` runs under the batch script, which sets it"
   build_train_args "$@"
   slurm_rendezvous
   build_launch_cmd "$NNODES" "$NODE_RANK" "$HEAD_ADDR" "$HOSTFILE" "$(rdzv_id)"
@@ -51,6 +52,7 @@ slurm_job() {
   build_train_args "$@"
   slurm_rendezvous
   preflight "$WORLD"
+  export LAUNCHER  # chosen from the run's strategy; every node's `helper.sh node` starts the same one
   local srun_cmd=(srun "--nodes=$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 --label)
   # a step's one task would otherwise be confined to one CPU; the launcher needs the node's
   if [ -n "${SLURM_CPUS_ON_NODE:-}" ]; then srun_cmd+=("--cpus-per-task=$SLURM_CPUS_ON_NODE"); fi

@@ -33,7 +33,7 @@ def main(argv):
         stage = resolve(cfg, 0, world.world_size)
         strategy = TrainStep(cfg, stage, world, build_stage_model(cfg, 0, cfg.run_dir))
         before = torch.get_rng_state()
-        shared = PeriodicEval(cfg, stage, world).run(strategy.engine.model)
+        shared = PeriodicEval(cfg, stage, world).run(strategy.engine)
         entry = {"shared": shared, "rng_kept": bool(torch.equal(before, torch.get_rng_state())),
                  "training_mode": bool(strategy.engine.model.training)}
         if world.is_main:  # the same initial weights (seeded), one process, the whole set
