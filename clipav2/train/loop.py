@@ -170,15 +170,20 @@ class Trainer:
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
-        extra = (ckpt.resume(strategy) if has_ckpt else None) or {}
+        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+        loader = build_train_loader(cfg, stage, world, text_transform)
+
+        def check(state):  # the data state is part of a usable checkpoint: another rank's is refused
+            if state.get("data") is not None:
+                loader.load_state_dict(state["data"])
+
+        extra = (ckpt.resume(strategy, check) if has_ckpt else None) or {}
         if extra.get("rng"):
             set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
             return None
-        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
-        loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         _say(world, host_memory_note(loader, stage))
         run = _StageRun(stage, strategy, ckpt, loader, StepRunner(strategy, cfg.seed), PeriodicEval(cfg, index, world),
                         step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
@@ -413,7 +418,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
     from clipav2.train import rundir
     from clipav2.data.stream import NoUsableData
     from clipav2.models.weights_file import WeightsFileError
-    from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
+    from clipav2.train.checkpoint import CheckpointCodeError, IncompatibleCheckpoint, NoSpace, NoUsableCheckpoint
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -434,7 +439,10 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
         return Trainer(cfg, world).run(only_stage)
-    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData) as e:
+    except CheckpointCodeError as e:
+        print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.FAILED
+    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData, NoUsableCheckpoint) as e:
         if world.is_main or isinstance(e, NoUsableData):  # each rank reads its own shards
             print(f"clipav2 train: {NoUsableData.line(e)}", file=sys.stderr)
         return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG
