@@ -21,5 +21,5 @@ def test_nonfinite_final_weights_exit_77_without_safetensors(tmp_path_factory, t
                             "faults.max_consecutive_skips": 100, "eval.at_stage_end": False})
     r = _train(recipe, run)
     assert r.returncode == 77, r.stderr[-3000:]
-    assert "[pretrain] the final weights are not finite" in r.stdout and "not written, exit 77" in r.stdout
+    assert "[pretrain] the stage diverged: the final weights are not finite" in r.stdout and "not written, exit 77" in r.stdout
     assert not (run / "pretrain.safetensors").exists()

@@ -65,6 +65,7 @@ class _StageRun:
     periodic: object
     step: int = 0
     skipped_steps: int = 0
+    last_loss: float = 0.0  # of the last log interval: a stage ending on a non-finite loss diverged
 
 
 class Trainer:
@@ -250,16 +251,16 @@ class Trainer:
 
     def _end_stage(self, run: _StageRun) -> int:
         """The final weights (checked finite), the stage-end evaluation and the weights file."""
-        from clipav2.train.faults import nonfinite_weights
+        from clipav2.train.faults import diverged
 
         world, stage = self.world, run.stage
         _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, run.loader.skipped))}")
         t = time.perf_counter()
         full = run.strategy.full_state_dict()
-        bad = nonfinite_weights(full) if world.is_main else None
+        bad = diverged(full, run.last_loss) if world.is_main else None
         if any_rank(world, bad is not None):
-            _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
-                        f"not written, exit {exitcodes.DIVERGED}")
+            _say(world, f"[{stage.name}] the stage diverged: {bad}; {stage.name}.safetensors not written, "
+                        f"exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
         run.strategy = run.runner = None  # the engine's memory goes before the evaluation's
         run.loader.close()
@@ -296,6 +297,7 @@ class Trainer:
 
         world, stop, stage, step = self.world, False, run.stage, run.step
         stats = window.close(step)  # the one device sync of the interval
+        run.last_loss = stats["loss"]
         skipped = summed_over_ranks(world, run.loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
