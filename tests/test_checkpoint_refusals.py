@@ -198,3 +198,41 @@ def test_a_pickle_dag_bomb_is_refused_quickly():
         deep = [deep]
     with pytest.raises(UnsafeCheckpoint, match="nested more than"):
         check_tree(deep, 10**6, "deep")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_a_refusal_on_one_rank_is_agreed_by_all_and_they_fall_back_together(tmp_path, tmp_path_factory, strategy):
+    """2 CPU ranks; the newest checkpoint is damaged for rank 1 only: under ddp its data state is
+    rank 0's, under deepspeed its optimizer shard carries a pickled object. Both ranks must fall
+    back to the previous checkpoint at once, not wait for each other in a collective. (Two
+    torchrun runs, ~1 minute: the hang this guards against only shows with two processes.)"""
+    from test_checkpoint_attacks import _Payload
+    from test_train_strategies import torchrun
+    from test_train_support import small_demo, tiny_recipe
+
+    run = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path / "r.yaml", small_demo(tmp_path_factory), run,
+                         **{"stages.pretrain.samples": 96, "checkpoint.every_steps": 2, "eval.at_stage_end": False})
+    args = [f"parallel.strategy={strategy}", "parallel.micro_batch=8", "--stage", "pretrain"]
+    first = torchrun(recipe, *args, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    (run / "pretrain.safetensors").unlink()
+    newest = run / "checkpoints" / "pretrain" / "step_00000004"
+    marker = tmp_path / "pwned"
+    if strategy == "ddp":
+        rank0 = json.loads((newest / "extra" / "rank_0.json").read_text())
+        _edit_json(newest / "extra" / "rank_1.json", lambda e: {**e, "data": rank0["data"]})
+    else:
+        (shard,) = (newest / "deepspeed").rglob("zero_pp_rank_1_*optim_states.pt")
+        torch.save({"payload": _Payload(f"touch {marker}")}, shard)
+    _fix_manifest(newest)
+    again = torchrun(recipe, *args, timeout=300)
+    assert not marker.exists()
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    refusals = [x for x in again.stderr.splitlines() if "step_00000004 is unusable" in x]
+    assert len(refusals) == 1 and "falling back to step_00000002" in refusals[0], again.stderr[-3000:]
+    assert ("rank 0 given to rank 1" if strategy == "ddp" else "optim_states.pt") in refusals[0] or \
+        "Unsupported global" in refusals[0] or "WeightsUnpickler" in refusals[0], refusals[0]
+    print(strategy, "->", refusals[0].split(" is unusable: ")[1])
+    assert "resuming at step 2" in again.stdout
+    assert (run / "pretrain.safetensors").is_file()
