@@ -174,13 +174,13 @@ class Trainer:
         text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
         loader = build_train_loader(cfg, stage, world, text_transform)
 
-        def check(state):  # the data state is part of a usable checkpoint: another rank's is refused
-            if state.get("data") is not None:
+        def check(state):  # applied as part of loading: a data state of another rank, an RNG state
+            if state.get("data") is not None:  # torch or numpy refuses, make the checkpoint unusable
                 loader.load_state_dict(state["data"])
+            if state.get("rng"):
+                set_rng_state(state["rng"])
 
         extra = (ckpt.resume(strategy, check) if has_ckpt else None) or {}
-        if extra.get("rng"):
-            set_rng_state(extra["rng"])
         self._open_ledger(extra.get("ledger"))
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
