@@ -89,6 +89,8 @@ CASES = {
     "ledger_of_wrong_shape": (lambda c: _edit_json(c / "extra" / "rank_0.json",
                                                    lambda e: {**e, "ledger": {**e["ledger"], "stages": []}}),
                               "ledger stages is []"),
+    "metadata_list": (lambda c: (c / "state" / ".metadata").write_bytes(pickle.dumps([1, 2])),
+                      "is a list of the wrong shape"),
     "dag_byte_item": (lambda c: _dag_byte_item(c / "state"), "objects per byte of pickle"),
     "dag_in_metadata": (lambda c: _dag_in_metadata(c / "state"), "objects per byte of pickle"),
     "fingerprint_fifo": (_fifo("fingerprint.json"), "fingerprint.json is missing"),

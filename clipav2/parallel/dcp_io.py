@@ -18,6 +18,7 @@ import pickle
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from clipav2 import compat
@@ -80,7 +81,10 @@ class SafeFileSystemReader(dcp.FileSystemReader):
         except Exception as e:  # a malformed pickle: refused like a dangerous one
             raise UnsafeCheckpoint(f"{path} is not a DCP index ({type(e).__name__}: {e})") from None
         check_tree(metadata, len(data), f"the DCP index {path}")
-        for info in getattr(metadata, "storage_data", {}).values():
+        if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict) \
+                or not isinstance(getattr(metadata, "storage_data", None), dict):
+            raise UnsafeCheckpoint(f"{path} is a {type(metadata).__name__} of the wrong shape, not a DCP index")
+        for info in metadata.storage_data.values():
             name = getattr(info, "relative_path", None)
             if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
                 raise UnsafeCheckpoint(f"checkpoint metadata names the shard {name!r}, which is not a file in {self.path}")
