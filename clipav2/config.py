@@ -242,6 +242,9 @@ class AugmentConfig:
             raise ConfigError(f"{key}.color_jitter: {self.color_jitter} must be >= 0 with hue <= 0.5")
 
 
+MAX_SANE = 1.0  # of a stage's peak LR and weight decay (CLIPA's are 1e-3 and 0.2)
+
+
 @dataclass
 class StageConfig:
     name: str = "pretrain"
@@ -269,6 +272,9 @@ class StageConfig:
     # "learned": from this stage on the image position table is learned, starting from its
     # current (sin-cos) values resampled to the stage's grid (CLIPA v1 fine-tuning, --pos-embed learnable)
     pos_embed: typing.Optional[str] = None
+    # A peak LR or a weight decay above 1 diverges (loss NaN, weights ~1e29) and is refused as a
+    # typo unless this is true.
+    force_optimizer_range: bool = False
 
     @property
     def steps(self) -> int:
@@ -298,6 +304,11 @@ class StageConfig:
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{key}.betas: {self.betas} must each be in [0, 1)")
         _non_negative(f"{key}.weight_decay", self.weight_decay)
+        if not self.force_optimizer_range and (self.peak_lr > MAX_SANE or self.weight_decay > MAX_SANE):
+            what = (f"peak LR {self.peak_lr:g} (lr_base {self.lr_base:g} x global_batch {self.global_batch} / "
+                    f"lr_base_batch {self.lr_base_batch})" if self.peak_lr > MAX_SANE else f"weight_decay {self.weight_decay:g}")
+            raise ConfigError(f"{key}: {what} is above {MAX_SANE:g}, where training diverges; set "
+                              f"{key}.force_optimizer_range=true to run it anyway")
         self._validate_sources(key)
         self.augment.validate(f"{key}.augment")
 

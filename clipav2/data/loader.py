@@ -113,13 +113,14 @@ class TrainLoader:
     def load_state_dict(self, state: dict) -> None:
         """This rank's own saved state resumes exactly. After a change of layout (world size,
         workers, shards, seed, shuffle buffer), any rank's saved state starts a new generation."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        _check_state(state)
         self.close()
         if state["layout"] == self.layout:
             if state["rank"] != self.rank:
                 raise ValueError(f"data loader state of rank {state['rank']} given to rank {self.rank}: "
                                  "with an unchanged world size each rank resumes from its own state")
+            if len(state["streams"]) != self.n_local:
+                raise ValueError(f"data loader state of {len(state['streams'])} streams given to {self.n_local} workers")
             self.generation, self.delivered = state["generation"], state["delivered"]
             self.states = [dict(s, skipped=dict(s["skipped"])) for s in state["streams"]]
             return
@@ -129,6 +130,25 @@ class TrainLoader:
         if self.rank == 0:
             log.warning("data: %s changed since the checkpoint; starting data generation %d (fresh epochs, "
                         "no record read twice within an epoch)", ", ".join(changed), self.generation)
+
+
+def _check_state(state) -> None:
+    """A saved loader state of the shape `state_dict` writes (BadState, a ValueError, if not)."""
+    from clipav2.train.state_check import count, mapping, need
+
+    mapping(state, "data state")
+    need(state.get("version") == STATE_VERSION, "data state version", state.get("version"), str(STATE_VERSION))
+    mapping(state.get("layout"), "data state layout")
+    for field in ("rank", "generation", "delivered"):
+        count(state.get(field), f"data state {field}")
+    streams = state.get("streams")
+    need(isinstance(streams, list), "data state streams", streams, "a list of stream states")
+    for i, stream in enumerate(streams):
+        mapping(stream, f"data state streams[{i}]")
+        count(stream.get("epoch"), f"data state streams[{i}].epoch")
+        count(stream.get("position"), f"data state streams[{i}].position")
+        for reason, n in mapping(stream.get("skipped"), f"data state streams[{i}].skipped").items():
+            count(n, f"data state streams[{i}].skipped.{reason}")
 
 
 def loader_workers(data_cfg, device) -> int:

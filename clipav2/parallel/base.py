@@ -183,12 +183,25 @@ class Strategy:
     def load(self, directory) -> dict:
         """Restore model, optimizer and schedule saved by `save`; returns this rank's `extra`
         (rank 0's when the checkpoint came from a smaller world)."""
+        from clipav2.train.safe_load import read_json
+        from clipav2.train.state_check import check_extra, check_strategy_meta
+
         path = Path(directory)
-        meta = json.loads((path / "strategy.json").read_text())
+        meta = read_json(path / "strategy.json")
+        check_strategy_meta(meta)
+        own = path / "extra" / f"rank_{self.world.rank}.json"
+        extra = read_json(own if own.exists() else path / "extra" / "rank_0.json")
+        check_extra(extra)
         if meta["stage"] != self.stage.name:
             raise ValueError(f"checkpoint {path} is of stage {meta['stage']!r}, the strategy is set up for {self.stage.name!r}")
         self._load_state(path)
         self.step_count = meta["step_count"]
-        self.skips.load_state_dict(meta.get("skips", {"total": meta["skipped_total"]}))
-        own = path / "extra" / f"rank_{self.world.rank}.json"
-        return json.loads((own if own.exists() else path / "extra" / "rank_0.json").read_text())
+        self.skips.load_state_dict(meta.get("skips", {"total": meta.get("skipped_total")}))
+        return extra
+
+    def check_files(self, directory) -> None:
+        """Read and admit what this rank's `load` would unpickle, before `load` enters any collective
+        (so a refusal is agreed on by every rank, not met by one inside the engine): here DCP's index."""
+        from clipav2.parallel.dcp_io import checked_reader
+
+        checked_reader(Path(directory) / "state")

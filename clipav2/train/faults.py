@@ -128,3 +128,25 @@ def nonfinite_weights(state: dict) -> str | None:
     if not bad:
         return None
     return f"{len(bad)} of {len(state)} tensors are not finite, e.g. {bad[0]}"
+
+
+MAX_ABS_WEIGHT = 1e6  # trained CLIP weights are O(1); an LR of 1e30 leaves them near 1e29
+
+
+def diverged(state: dict, last_loss: float) -> str | None:
+    """Why a stage's final weights are not a result (None if they are): a non-finite tensor, a
+    tensor beyond MAX_ABS_WEIGHT, or a non-finite last logged loss."""
+    import math
+
+    bad = nonfinite_weights(state)
+    if bad:
+        return f"the final weights are not finite ({bad})"
+    big = {k: float(v.abs().max()) for k, v in state.items() if v.is_floating_point() and v.numel()}
+    big = {k: v for k, v in big.items() if v > MAX_ABS_WEIGHT}
+    if big:
+        worst = max(big, key=big.get)
+        return (f"the final weights exploded ({len(big)} of {len(state)} tensors beyond {MAX_ABS_WEIGHT:g}, "
+                f"e.g. {worst} up to {big[worst]:.3g})")
+    if not math.isfinite(last_loss):
+        return f"the last logged loss is {last_loss}"
+    return None

@@ -66,6 +66,7 @@ class _StageRun:
     periodic: object
     step: int = 0
     skipped_steps: int = 0
+    last_loss: float = 0.0  # of the last log interval: a stage ending on a non-finite loss diverged
 
 
 class Trainer:
@@ -172,15 +173,20 @@ class Trainer:
         strategy = build_strategy(cfg, world)
         strategy.setup(model, stage)
         del model
-        extra = (ckpt.resume(strategy) if has_ckpt else None) or {}
-        if extra.get("rng"):
-            set_rng_state(extra["rng"])
+        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+        loader = build_train_loader(cfg, stage, world, text_transform)
+
+        def check(state):  # applied as part of loading: a data state of another rank, an RNG state
+            if state.get("data") is not None:  # torch or numpy refuses, make the checkpoint unusable
+                loader.load_state_dict(state["data"])
+            if state.get("rng"):
+                set_rng_state(state["rng"])
+
+        extra = (ckpt.resume(strategy, check) if has_ckpt else None) or {}
         self._open_ledger(extra.get("ledger"))
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
             return None
-        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
-        loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         _say(world, host_memory_note(loader, stage))
         run = _StageRun(stage, strategy, ckpt, loader, StepRunner(strategy, cfg.seed), PeriodicEval(cfg, index, world),
                         step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
@@ -249,16 +255,16 @@ class Trainer:
 
     def _end_stage(self, run: _StageRun) -> int:
         """The final weights (checked finite), the stage-end evaluation and the weights file."""
-        from clipav2.train.faults import nonfinite_weights
+        from clipav2.train.faults import diverged
 
         world, stage = self.world, run.stage
         _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, run.loader.skipped))}")
         t = time.perf_counter()
         full = run.strategy.full_state_dict()
-        bad = nonfinite_weights(full) if world.is_main else None
+        bad = diverged(full, run.last_loss) if world.is_main else None
         if any_rank(world, bad is not None):
-            _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
-                        f"not written, exit {exitcodes.DIVERGED}")
+            _say(world, f"[{stage.name}] the stage diverged: {bad}; {stage.name}.safetensors not written, "
+                        f"exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
         run.loader.close()
         eval_seconds = self._finish_stage(run, full)  # charged as eval there
@@ -300,6 +306,7 @@ class Trainer:
 
         world, stop, stage, step = self.world, False, run.stage, run.step
         stats = window.close(step)  # the one device sync of the interval
+        run.last_loss = stats["loss"]
         skipped = summed_over_ranks(world, run.loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
@@ -439,7 +446,7 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
     from clipav2.train import rundir
     from clipav2.data.stream import NoUsableData
     from clipav2.models.weights_file import WeightsFileError
-    from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
+    from clipav2.train.checkpoint import CheckpointCodeError, IncompatibleCheckpoint, NoSpace, NoUsableCheckpoint
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -461,7 +468,10 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
         return Trainer(cfg, world).run(only_stage)
-    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData) as e:
+    except CheckpointCodeError as e:
+        print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.FAILED
+    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData, NoUsableCheckpoint) as e:
         if world.is_main or isinstance(e, NoUsableData):  # each rank reads its own shards
             print(f"clipav2 train: {NoUsableData.line(e)}", file=sys.stderr)
         return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG
