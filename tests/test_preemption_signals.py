@@ -34,16 +34,16 @@ def _env(**extra):
 
 
 def start(recipe, run, strategy="single", ranks=1, workers=2):
-    """The run's processes, all in one new process group (a job step, a container) led by rank 0."""
+    """The run's processes, each rank leading a new process group with its loader workers."""
     cmd = [sys.executable, "-m", "clipav2", "train", str(recipe), "--stage", "pretrain", f"run_dir={run}",
-           f"parallel.strategy={strategy}", f"data.workers={workers}"]
+           f"parallel.strategy={strategy}", f"data.workers={workers}", f"parallel.micro_batch={16 // ranks}"]
     if strategy == "deepspeed":
         cmd.append("parallel.zero_stage=3")
     port, procs = free_port(), []
     for rank in range(ranks):
         env = _env(RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank), MASTER_PORT=port) if ranks > 1 else _env()
-        group = {"start_new_session": True} if rank == 0 else {"process_group": procs[0].pid}
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **group))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
     return procs
 
 
@@ -52,7 +52,8 @@ def finish(procs, timeout=600):
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
     except subprocess.TimeoutExpired:
-        os.killpg(procs[0].pid, signal.SIGKILL)
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
         raise
     return [p.returncode for p in procs], "".join(outs)
 
@@ -107,7 +108,8 @@ def preempt_and_resume(recipe, tmp_path, tmp_path_factory, strategy, ranks, deli
 
 def to_group(procs, sig):
     """timeout, a terminal, `kill -- -PGID`: the whole process group, workers included."""
-    os.killpg(procs[0].pid, sig)
+    for p in procs:
+        os.killpg(p.pid, sig)
 
 
 def to_every_process(procs, sig):
