@@ -22,7 +22,11 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key."""
+    """A bad configuration: the message is one line naming the key (whitespace a key or value
+    brought in, newlines included, is folded so it stays one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 def _check_choice(key: str, value, allowed) -> None:
@@ -527,9 +531,13 @@ def _as_int(value, key: str) -> int:
     return value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
 def _short(value) -> str:
     """A value's repr for an error line, cut short (a recipe's value may be huge)."""
-    text = reprlib.repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -590,10 +598,11 @@ def _build(cls, data, prefix: str):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields, key=str)  # keys may be numbers, null, dates
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(sorted(fields))}")
+        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else _short(unknown[0])
+        raise ConfigError(f"{where}{name}: unknown key; allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -665,16 +674,22 @@ def parse_yaml(text, where: str):
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
-    except ValueError as e:  # PyYAML's int() of a number longer than Python's digit limit
-        raise ConfigError(f"{where}: {str(e).split(':')[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+    except (ValueError, IndexError, TypeError, OverflowError, RecursionError) as e:
+        # a tagged or oversized scalar PyYAML's constructors fail on: `!!int` of nothing, a number
+        # longer than Python's digit limit, `!!float x`...
+        reason = " ".join(str(e).split(":")[0].split()) or type(e).__name__
+        raise ConfigError(f"{where}: a value that cannot be read ({reason})") from None
 
 
 def _parse_scalar(text: str, item: str):
     """An override's value: one line of YAML."""
     if "\n" in text or "\r" in text:
-        raise ConfigError(f"override {item.splitlines()[0]!r}...: a value must be one line")
-    return parse_yaml(text, f"override {item!r}") if text.strip() else ""
+        raise ConfigError(f"override {_short(item.splitlines()[0])}...: a value must be one line")
+    return parse_yaml(text, f"override {_short(item)}") if text.strip() else ""
 
 
 def apply_override(raw: dict, item: str) -> None:

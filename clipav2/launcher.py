@@ -36,6 +36,9 @@ def launcher_env(env=os.environ) -> dict | None:
     """rank/world_size/local_rank/master_addr/master_port from the launcher, or None. Raises
     LauncherEnvError when they cannot describe a job: not integers, a world size under 1, a rank
     outside it (which would wait for the missing ranks until the rendezvous times out)."""
+    if ("RANK" in env) != ("WORLD_SIZE" in env):
+        given, missing = ("RANK", "WORLD_SIZE") if "RANK" in env else ("WORLD_SIZE", "RANK")
+        raise LauncherEnvError(f"{given} is set but {missing} is not (a launcher sets both)")
     if "RANK" in env and "WORLD_SIZE" in env:
         names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
         info = {"rank": _env_int(env, "RANK"), "world_size": _env_int(env, "WORLD_SIZE"),

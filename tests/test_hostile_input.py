@@ -76,7 +76,14 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
+    from clipav2.models import create_model
+    from clipav2.models.convert import save_model
+
     root = tmp_path_factory.mktemp("hostile")
+    model = create_model("tiny")
+    model.set_image_size(16)
+    model.set_text_len(8)
+    save_model(model, root / "tiny.safetensors", step=4, stage="pretrain")  # what `eval --checkpoint` reads
     return tiny_recipe(root / "r.yaml", small_demo(tmp_path_factory), root / "unused",
                        **{"stages.pretrain.samples": 16, "eval.at_stage_end": False, "log.tensorboard": False})
 
@@ -110,14 +117,13 @@ def run_case(case, recipe, tmp_path):
         (tmp_path / "file").write_text("x")
         args = [f"run_dir={tmp_path / 'file'}"]
     elif what == "eval_dev_null":
-        command = ["eval", str(recipe), "--checkpoint", str(tmp_path / "none.safetensors"), "--data", "/dev/null"]
-        (tmp_path / "none.safetensors").write_bytes(b"")
+        command = ["eval", str(recipe), "--checkpoint", str(recipe.parent / "tiny.safetensors"), "--data", "/dev/null"]
     env = dict({k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "WANDB"))},
                OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", HOME=str(tmp_path), **ENV, **env)
     cmd = [sys.executable, "-m", "clipav2", *command, *args, "--stage", "pretrain"] if command[0] == "train" \
         else [sys.executable, "-m", "clipav2", *command]
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                            preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired:
         return "hang", ""

@@ -85,10 +85,10 @@ def _say(message: str) -> None:
 def main(args) -> int:
     try:
         cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
-        check_run_dir(cfg)
         if args.stage is not None:
             check_start(cfg, args.stage)
         check_text(cfg)
+        check_run_dir(cfg)  # last: it creates RUN_DIR
     except ConfigError as e:
         print(f"clipav2 train: {e}", file=sys.stderr)
         return exitcodes.CONFIG
