@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,12 +22,16 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key."""
+    """A bad configuration: the message is one line naming the key (whitespace a key or value
+    brought in, newlines included, is folded so it stays one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 def _check_choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: {_short(value)} is not one of {', '.join(map(str, allowed))}")
 
 
 def _positive(key: str, value) -> None:
@@ -45,6 +50,79 @@ def _owned(key: str, check, *args) -> None:
         check(*args)
     except ValueError as e:
         raise ConfigError(f"{key}.{e}" if str(e).split(":")[0].isidentifier() else f"{key}: {e}") from None
+
+
+def _host_memory() -> int:
+    """Bytes of RAM on this machine (what no single tensor of a run can exceed)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_memory(key: str, stage, arch, micro: int) -> None:
+    """A stage whose inputs or position tables alone exceed this machine's memory (a typo'd
+    image_size or text_len) is refused now, not by an allocation failure after the build."""
+    memory = _host_memory()
+    tokens = (stage.image_size // arch.vision.patch_size) ** 2
+    needs = {"image_size": max(micro * 3 * stage.image_size**2, tokens * arch.vision.width * 4),
+             "text_len": stage.text_len * max(arch.text.width * 4, micro * 8)}
+    for name, bytes_ in needs.items():
+        if bytes_ > memory:
+            raise ConfigError(f"{key}.{name}: {getattr(stage, name)} needs {bytes_ / 2**30:,.0f} GiB for its inputs "
+                              f"or position table alone; this machine has {memory / 2**30:,.0f} GiB")
+
+
+def _wandb_login() -> bool:
+    """True if wandb can log without asking: an API key, an offline/disabled mode, or a netrc
+    entry from `wandb login`."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The user's DeepSpeed JSON (`parallel.deepspeed_config`): a mapping, or a ConfigError."""
+    import json
+
+    key = "parallel.deepspeed_config"
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no such file {path!r}")
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{key}: {path} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: {path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+# what the recipe decides, so a user's DeepSpeed JSON may not say otherwise
+DEEPSPEED_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def check_deepspeed_json(cfg, world_size: int) -> None:
+    """The user's JSON agrees with the recipe on each stage's batch split and the ZeRO stage."""
+    user = read_deepspeed_json(cfg.parallel.deepspeed_config)
+    zero = user.get("zero_optimization", {})
+    if isinstance(zero, dict) and "stage" in zero and zero["stage"] != cfg.parallel.zero_stage:
+        raise ConfigError(f"parallel.deepspeed_config: zero_optimization.stage {zero['stage']!r} conflicts with "
+                          f"parallel.zero_stage {cfg.parallel.zero_stage}; set the ZeRO stage in the recipe only")
+    for stage in cfg.stages:
+        micro, accum = cfg.batch_split(stage, world_size)
+        ours = dict(zip(DEEPSPEED_OWNED, (stage.global_batch, micro, accum)))
+        for name in DEEPSPEED_OWNED:
+            if name in user and user[name] != ours[name] and cfg.parallel.micro_batch != "auto":
+                raise ConfigError(f"parallel.deepspeed_config: {name} {user[name]!r} conflicts with stage {stage.name} "
+                                  f"({name} {ours[name]} from global_batch, micro_batch and world size); "
+                                  "set batch sizes in the recipe only")
+
+
+MAX_PREFETCH = 256  # batches each loader worker keeps ready: beyond this only memory grows
 
 
 @dataclass
@@ -93,6 +171,13 @@ class DataConfig:
     def validate(self, key: str) -> None:
         for name in ("workers", "shuffle_buffer", "prefetch"):
             _non_negative(f"{key}.{name}", getattr(self, name))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if self.workers is not None and self.workers > 4 * cpus:
+            raise ConfigError(f"{key}.workers: {self.workers} loader processes per rank on {cpus} CPUs would only "
+                              f"compete for them (at most {4 * cpus} here); leave data.workers unset to use what there is")
+        if self.prefetch > MAX_PREFETCH:
+            raise ConfigError(f"{key}.prefetch: {self.prefetch} batches per worker; at most {MAX_PREFETCH} "
+                              "(more only holds more memory)")
         if self.vocab is not None and not Path(self.vocab).is_file():
             raise ConfigError(f"{key}.vocab: no such file {self.vocab!r}")
 
@@ -126,8 +211,8 @@ class ParallelConfig:
         for name in ("grad_accum", "hsdp_shard_size"):
             if getattr(self, name) is not None:
                 _positive(f"{key}.{name}", getattr(self, name))
-        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
-            raise ConfigError(f"{key}.deepspeed_config: no such file {self.deepspeed_config!r}")
+        if self.deepspeed_config is not None:
+            read_deepspeed_json(self.deepspeed_config)
         _positive(f"{key}.timeout_minutes", self.timeout_minutes)
         if self.strategy == "deepspeed":
             import importlib.util
@@ -172,6 +257,9 @@ class LogConfig:
 
             if importlib.util.find_spec("wandb") is None:
                 raise ConfigError(f"{key}.wandb: {self.wandb!r} needs the wandb package (pip install wandb), which is not installed")
+            if not _wandb_login():
+                raise ConfigError(f"{key}.wandb: {self.wandb!r} needs a Weights & Biases login: run `wandb login`, "
+                                  "set WANDB_API_KEY, or set WANDB_MODE=offline")
 
 
 @dataclass
@@ -208,6 +296,13 @@ class CostConfig:
     stop_fraction: float = 1.0
 
     def validate(self, key: str) -> None:
+        from clipav2.cost.prices import PriceError, get_accelerator
+
+        if self.gpu != "auto":
+            try:
+                get_accelerator(self.gpu)
+            except PriceError as e:
+                raise ConfigError(f"{key}.gpu: {e}") from None
         _non_negative(f"{key}.price_per_gpu_hour", self.price_per_gpu_hour)
         if self.budget_usd is not None:
             _positive(f"{key}.budget_usd", self.budget_usd)
@@ -375,15 +470,19 @@ class Config:
             self.parallel.validate_world("parallel", world_size)
         if not self.stages:
             raise ConfigError("stages: a recipe needs at least one stage")
-        patch = ARCHITECTURES[self.model.name].vision.patch_size
+        arch = ARCHITECTURES[self.model.name]
+        patch = arch.vision.patch_size
         seen = set()
         for i, s in enumerate(self.stages):
             s.validate(f"stages.{s.name}" if s.name else f"stages[{i}]", self.model.name, patch)
+            _check_fits_memory(f"stages.{s.name}", s, arch, self.micro_batch_of(s, world_size or 1))
             if s.name in seen:
                 raise ConfigError(f"stages.{s.name}.name: duplicate stage name")
             seen.add(s.name)
             if world_size is not None:
                 self._check_split(s, world_size)
+        if self.parallel.strategy == "deepspeed" and self.parallel.deepspeed_config:
+            check_deepspeed_json(self, world_size or 1)
         return self
 
     def micro_batch_setting(self, stage: StageConfig) -> int | str:
@@ -427,9 +526,9 @@ def _as_float(value, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
     if not math.isfinite(value):  # NaN passes every range check, inf breaks the schedule
-        raise ConfigError(f"{key}: {value!r} is not a finite number")
+        raise ConfigError(f"{key}: {_short(value)} is not a finite number")
     return float(value)
 
 
@@ -437,19 +536,31 @@ def _as_int(value, key: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+    if not -MAX_INT < value < MAX_INT:
+        raise ConfigError(f"{key}: an integer of {len(str(abs(value)))} digits is out of range (at most 2**63 - 1)")
     return value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _short(value) -> str:
+    """A value's repr for an error line, cut short (a recipe's value may be huge)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _as_bool(value, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
     return value
 
 
 def _as_str(value, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     return value
 
 
@@ -478,12 +589,12 @@ def _coerce(value, tp, key: str):
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {_short(value)}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_short(value)}")
         names = [v.get("name") if isinstance(v, dict) else None for v in value]
         return [_coerce(v, arg, f"{key}.{n}" if n else f"{key}[{i}]") for i, (v, n) in enumerate(zip(value, names))]
     if tp in _SCALARS:
@@ -495,13 +606,14 @@ def _build(cls, data, prefix: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields, key=str)  # keys may be numbers, null, dates
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(sorted(fields))}")
+        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else _short(unknown[0])
+        raise ConfigError(f"{where}{name}: unknown key; allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -509,8 +621,32 @@ def _build(cls, data, prefix: str):
     return cls(**kwargs)
 
 
+MAX_DEPTH = 64  # nesting levels of a recipe (ours use 4)
+MAX_NODES = 100_000  # values of a recipe with its aliases expanded (ours have a few hundred)
+MAX_INT = 2**63  # what every integer setting must stay under (a seed, a sample count)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last), a
+    document nested deeper than MAX_DEPTH (PyYAML recurses) and one whose aliases expand to more
+    than MAX_NODES values (a few hundred bytes of `&a [*b, *b, ...]` can stand for billions)."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node):
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to {expanded:,} values (at most {MAX_NODES:,})", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -523,8 +659,48 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse_scalar(text: str):
-    return yaml.safe_load(text) if text.strip() else ""
+def _expanded_size(node, memo: dict) -> int:
+    """How many values `node` stands for once every alias is expanded (shared nodes counted per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node reached again while being sized (a recursive alias) counts once
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_NODES + 1)
+    return memo[id(node)]
+
+
+def parse_yaml(text, where: str):
+    """One YAML document of `text` (str or bytes), or a ConfigError naming `where` and the reason:
+    not UTF-8, not YAML, nested too deep, an alias bomb, an integer of thousands of digits."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+    except (ValueError, IndexError, TypeError, OverflowError, RecursionError) as e:
+        # a tagged or oversized scalar PyYAML's constructors fail on: `!!int` of nothing, a number
+        # longer than Python's digit limit, `!!float x`...
+        reason = " ".join(str(e).split(":")[0].split()) or type(e).__name__
+        raise ConfigError(f"{where}: a value that cannot be read ({reason})") from None
+
+
+def _parse_scalar(text: str, item: str):
+    """An override's value: one line of YAML."""
+    if "\n" in text or "\r" in text:
+        raise ConfigError(f"override {_short(item.splitlines()[0])}...: a value must be one line")
+    return parse_yaml(text, f"override {_short(item)}") if text.strip() else ""
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -553,7 +729,9 @@ def apply_override(raw: dict, item: str) -> None:
             node = node.setdefault(part, {} if parts[i + 1] != "stages" else [])
     if isinstance(node, list):
         raise ConfigError(f"{dotted}: address a stage by name, e.g. stages.pretrain.samples=4096")
-    node[parts[-1]] = _parse_scalar(text)
+    if not isinstance(node, dict):
+        raise ConfigError(f"{'.'.join(parts[:-1])}: is {node!r}, not a mapping; {dotted} cannot be set")
+    node[parts[-1]] = _parse_scalar(text, item)
 
 
 def load_config(path=None, overrides=(), world_size: int | None = None, check_data: bool = False) -> Config:
@@ -582,9 +760,10 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    raw = parse_yaml(data, f"config: {path}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level")
     return raw

@@ -8,7 +8,8 @@ import torch
 import clipav2
 from clipav2.config import ConfigError, StageConfig, load_config
 from clipav2.parallel import build_strategy
-from clipav2.parallel.env import World, first_host, launcher_env
+from clipav2.launcher import first_host, launcher_env
+from clipav2.parallel.env import World
 from clipav2.optim import AdamWLowPrecisionMomentum, build_optimizer, lr_at, param_groups
 
 

@@ -69,7 +69,7 @@ def _eval_sets(cfg, args) -> None:
     if not cfg.data.eval and not cfg.data.retrieval:
         raise ConfigError("--data: no evaluation set (give --data / --retrieval, or data.eval in the config)")
     for key, path in (("--data", cfg.data.eval), ("--retrieval", cfg.data.retrieval)):
-        if path and not Path(path).exists():
+        if path and not Path(path).is_dir():  # shards: each a regular file (not /dev/null, not a FIFO)
             from clipav2.data import expand_urls
 
             try:

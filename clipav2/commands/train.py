@@ -17,12 +17,33 @@ def add_arguments(parser) -> None:
 
 
 def launcher_world_size() -> int:
-    """The world size the launcher promises (torchrun / deepspeed: WORLD_SIZE; SLURM: SLURM_NTASKS),
-    read before any process group exists so batch divisibility is checked first."""
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
+    """The world size the launcher promises (clipav2.launcher), read before any process group
+    exists so batch divisibility and the launcher's variables are checked first."""
+    from clipav2.launcher import LauncherEnvError, launcher_env
+
+    try:
+        info = launcher_env()
+    except LauncherEnvError as e:
+        raise ConfigError(f"launcher environment: {e}") from None
+    return info["world_size"] if info else 1
+
+
+def check_run_dir(cfg) -> None:
+    """RUN_DIR must be a directory this process can create and write: an empty value would put a
+    run's files in the working directory, a file or an unwritable place fails only after startup."""
+    from pathlib import Path
+
+    if not str(cfg.run_dir).strip():
+        raise ConfigError("run_dir: empty; name the run's directory, e.g. run_dir=runs/demo")
+    path = Path(cfg.run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir: {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"run_dir: cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"run_dir: {path} is not writable")
 
 
 def check_text(cfg) -> None:
@@ -67,6 +88,7 @@ def main(args) -> int:
         if args.stage is not None:
             check_start(cfg, args.stage)
         check_text(cfg)
+        check_run_dir(cfg)  # last: it creates RUN_DIR
     except ConfigError as e:
         print(f"clipav2 train: {e}", file=sys.stderr)
         return exitcodes.CONFIG

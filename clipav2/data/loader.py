@@ -26,6 +26,7 @@ from clipav2.stage import resolve
 from clipav2.data.shards import expand_urls
 from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
 from clipav2.data.transforms import TrainTransform
+from clipav2.train.faults import quiet_worker, start_workers
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -81,12 +82,12 @@ class TrainLoader:
         dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
                                [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
         extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch),
-                 "worker_init_fn": _ignore_ctrl_c} if self.workers else {}
+                 "worker_init_fn": quiet_worker} if self.workers else {}
         return DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory, **extra)
 
     def __iter__(self):
         if self._iterator is None:
-            self._iterator = iter(self._dataloader())
+            self._iterator = start_workers(self._dataloader())
         for batch in self._iterator:
             self.states[batch.pop("_stream")] = batch.pop("_state")
             self.delivered += 1
@@ -198,10 +199,3 @@ def host_memory_note(loader, stage) -> str:
 def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:
     return TrainLoader(cfg, stage, world, text_transform, state)
 
-
-def _ignore_ctrl_c(worker_id: int) -> None:
-    """Workers leave Ctrl-C (sent to the whole process group) to the training process, which
-    checkpoints first (clipav2.train.faults)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

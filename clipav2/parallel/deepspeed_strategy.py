@@ -16,7 +16,6 @@ checkpoint tool (`python -m deepspeed.checkpoint.ds_to_universal`) and set
 """
 from __future__ import annotations
 
-import json
 import math
 
 import torch
@@ -51,8 +50,9 @@ def deepspeed_config(cfg, stage, precision: str) -> dict:
         "wall_clock_breakdown": False,
     }
     if cfg.parallel.deepspeed_config:
-        with open(cfg.parallel.deepspeed_config) as f:
-            ours = merge(ours, json.load(f))
+        from clipav2.config import read_deepspeed_json
+
+        ours = merge(ours, read_deepspeed_json(cfg.parallel.deepspeed_config))
     return ours
 
 

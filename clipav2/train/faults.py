@@ -1,11 +1,17 @@
 """Fault handling the loop consults after every step.
 
-- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a process-wide flag; so does a first
-  Ctrl-C (SIGINT) under `clipav2 train` (exit INTERRUPTED after the checkpoint; a second one
-  aborts at once). The handler is
-  installed once for the whole run (`install_signal_handlers()`, before the first stage) and the
-  flag outlives any one FaultMonitor, so a signal that arrives between two stages is honoured at
-  the next step of the next stage. After each step the ranks agree (any rank signalled -> all
+- SIGTERM (scancel, SLURM preemption, `timeout`, docker stop, Kubernetes), SIGUSR1 (SLURM's
+  preemption warning) and SIGHUP (a closed terminal or ssh session) only set a process-wide flag;
+  so does a first Ctrl-C (SIGINT) under `clipav2 train` (exit INTERRUPTED after the checkpoint; a
+  second one aborts at once). `run_signal_handlers()` installs the handler for the whole run
+  (before the first stage) and restores the previous handlers when the run ends, so a process
+  that goes on after `train()` (a test suite, a notebook, a sweep) gets its Ctrl-C back. The flag
+  outlives any one FaultMonitor, so a signal that arrives between two stages is honoured at the
+  next step of the next stage.
+- Launchers send these signals to every process of the job, data loader workers included. A
+  worker ignores them (`quiet_worker`, the loaders' worker_init_fn) and leaves them to the
+  trainer, which stops its workers itself; `start_workers` holds the signals while workers are
+  forked, so none arrives in a worker before it ignores it. After each step the ranks agree (any rank signalled -> all
   stop) over a host-side gloo group, so the agreement never waits on the GPU; the loop
   checkpoints and exits PREEMPTED, which the launch scripts requeue.
 - `max_consecutive_skips` non-finite steps in a row -> checkpoint and exit DIVERGED, naming the
@@ -15,7 +21,7 @@
 - A crashed rank: the collective timeout (`parallel.timeout_minutes`, see parallel/env.py) makes
   the others fail instead of hanging.
 
-    install_signal_handlers()                           # once, at the start of the run
+    with run_signal_handlers():                         # once, around the whole run
     monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
     ...
     code = monitor.after_step(step, result, strategy.skips.read() if log_step else None)
@@ -26,13 +32,14 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 
 import torch
 
 from clipav2 import exitcodes
 from clipav2.parallel.env import any_rank
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 RUN_SIGNALS = PREEMPT_SIGNALS + (signal.SIGINT,)  # what `clipav2 train` routes: Ctrl-C checkpoints too
 _received: str | None = None  # the first preemption signal this process got and has not acted on
 _interrupts = 0  # Ctrl-Cs so far: the second aborts at once
@@ -49,11 +56,53 @@ def _on_signal(signum, frame) -> None:
     _received = _received or signal.Signals(signum).name
 
 
-def install_signal_handlers(signals=PREEMPT_SIGNALS) -> None:
-    """Route `signals` to the process-wide preemption flag (idempotent; keeps a pending flag)."""
+def install_signal_handlers(signals=PREEMPT_SIGNALS) -> dict:
+    """Route `signals` to the process-wide preemption flag (idempotent; keeps a pending flag).
+    Returns the handlers it replaced, for `restore_signal_handlers`."""
+    previous = {}
     for sig in signals:
         if signal.getsignal(sig) is not _on_signal:
-            signal.signal(sig, _on_signal)
+            previous[sig] = signal.signal(sig, _on_signal)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def run_signal_handlers(signals=RUN_SIGNALS):
+    """The run's handlers for its duration; the previous ones (and a fresh Ctrl-C count) after it,
+    whether it returns or raises. A signal received but not acted on is dropped with the run."""
+    global _interrupts
+    _interrupts = 0
+    previous = install_signal_handlers(signals)
+    try:
+        yield
+    finally:
+        restore_signal_handlers(previous)
+        _interrupts = 0
+        clear_signal()
+
+
+def quiet_worker(worker_id: int | None = None) -> None:
+    """A data loader worker's init: ignore the run's signals (a launcher sends them to the whole
+    process group; torch's own worker handler would die of SIGTERM and abort the trainer) and
+    take those held while it was forked. The trainer stops its workers itself."""
+    for sig in RUN_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RUN_SIGNALS)
+
+
+def start_workers(loader):
+    """iter(loader), with the run's signals held while its workers are forked: a signal sent to
+    the group then reaches the trainer once they are up, and a worker only after it ignores it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def signal_received() -> str | None:

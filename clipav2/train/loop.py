@@ -440,9 +440,16 @@ def _say_compute(cfg, world) -> None:
 
 
 def train(cfg, only_stage=None, fresh: bool = False) -> int:
-    """Run the recipe; the process exit code (clipav2.exitcodes)."""
+    """Run the recipe; the process exit code (clipav2.exitcodes). The run's signal handlers
+    (clipav2.train.faults) are in place for its duration only."""
+    from clipav2.train.faults import run_signal_handlers
+
+    with run_signal_handlers():  # once per run: a signal between stages is honoured in the next
+        return _train_run(cfg, only_stage, fresh)
+
+
+def _train_run(cfg, only_stage, fresh: bool) -> int:
     from clipav2.parallel import init_distributed
-    from clipav2.train.faults import RUN_SIGNALS, install_signal_handlers
     from clipav2.train import rundir
     from clipav2.data.stream import NoUsableData
     from clipav2.models.weights_file import WeightsFileError
@@ -452,7 +459,6 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg)
     quiet_library_warnings()
-    install_signal_handlers(RUN_SIGNALS)  # once per run: a signal between stages is honoured in the next
     lock = None
     try:
         try:
