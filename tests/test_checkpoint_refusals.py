@@ -216,7 +216,7 @@ def test_a_refusal_on_one_rank_is_agreed_by_all_and_they_fall_back_together(tmp_
     recipe = tiny_recipe(tmp_path / "r.yaml", small_demo(tmp_path_factory), run,
                          **{"stages.pretrain.samples": 96, "checkpoint.every_steps": 2, "eval.at_stage_end": False})
     args = [f"parallel.strategy={strategy}", "parallel.micro_batch=8", "--stage", "pretrain"]
-    first = torchrun(recipe, *args, timeout=300)
+    first = torchrun(recipe, *args, timeout=600)  # DeepSpeed may JIT-build its CPU comm op first
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     (run / "pretrain.safetensors").unlink()
     newest = run / "checkpoints" / "pretrain" / "step_00000004"
@@ -228,13 +228,12 @@ def test_a_refusal_on_one_rank_is_agreed_by_all_and_they_fall_back_together(tmp_
         (shard,) = (newest / "deepspeed").rglob("zero_pp_rank_1_*optim_states.pt")
         torch.save({"payload": _Payload(f"touch {marker}")}, shard)
     _fix_manifest(newest)
-    again = torchrun(recipe, *args, timeout=300)
+    again = torchrun(recipe, *args, timeout=600)
     assert not marker.exists()
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     refusals = [x for x in again.stderr.splitlines() if "step_00000004 is unusable" in x]
     assert len(refusals) == 1 and "falling back to step_00000002" in refusals[0], again.stderr[-3000:]
-    assert ("rank 0 given to rank 1" if strategy == "ddp" else "optim_states.pt") in refusals[0] or \
-        "Unsupported global" in refusals[0] or "WeightsUnpickler" in refusals[0], refusals[0]
+    assert ("rank 0 given to rank 1" if strategy == "ddp" else "UnpicklingError") in refusals[0], refusals[0]
     print(strategy, "->", refusals[0].split(" is unusable: ")[1])
     assert "resuming at step 2" in again.stdout
     assert (run / "pretrain.safetensors").is_file()

@@ -71,7 +71,7 @@ def test_the_valid_state_passes():
     _check_all(valid_extra(), dict(META))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data(), JSON)
 def test_any_json_anywhere_is_accepted_or_refused_with_bad_state(data, junk):
     extra, meta = valid_extra(), json.loads(json.dumps(META))
