@@ -119,6 +119,7 @@ def track_step(cfg, index: int, world_size: int, micro_batch: int, depths: tuple
     {"segments": {segment: {category: bytes, "total": bytes}}, "peak": {...}} where "peak" is the
     largest segment. `depths`: (image blocks, text blocks) of a reduced model, None: as configured."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.modules.module import register_module_forward_pre_hook
 
     from clipav2.data import normalize
     from clipav2.models.clip import CLIP
@@ -149,10 +150,13 @@ def track_step(cfg, index: int, world_size: int, micro_batch: int, depths: tuple
         batches = [{"images": torch.empty(micro_batch, 3, px, px, dtype=torch.uint8),
                     "text": torch.ones(micro_batch, stage.text_len, dtype=torch.long)} for _ in range(stage.grad_accum)]
         tracker = _make_tracker(strategy)
-        with tracker:  # per-module statistics allow one forward per step: reset them at each micro-step's
-            hook = strategy.module.register_forward_pre_hook(lambda *_: tracker.reset_mod_stats(), prepend=True)
+        root = getattr(strategy, "wrapped", strategy.module)  # the module the step calls first
+        # the trackers' per-module statistics allow one forward per step: reset them at each
+        # micro-step's, before the trackers' own hooks see it
+        hook = register_module_forward_pre_hook(lambda module, _: tracker.reset_mod_stats() if module is root else None)
+        with tracker:
             runner.run(batches, 0)
-            hook.remove()
+        hook.remove()
         segments = {k: _by_category(v) for k, v in tracker.segments.items()}
         del strategy, runner, tracker, batches
     gc.collect()
@@ -233,3 +237,20 @@ def compare(cfg, index: int, world_size: int, device_bytes: int, full_depth: boo
             "analytic_bytes": model["total"], "analytic_at": model["at"], "tracked": peak,
             "tracked_at": next(k for k, v in tracked[key]["segments"].items() if v is peak),
             "device_bytes": device_bytes}
+
+
+
+def render(rows: list[dict], card: str, gpus: int, strategy: str, full_depth: bool, seconds: float) -> str:
+    """The `clipav2 plan --memory` table: GiB per rank at the tracked peak, by category."""
+    head = f"{'stage':<13}{'micro-batch':>13}{'analytic':>10}{'tracked':>9}{'ratio':>7}  " + "".join(f"{c:>13}" for c in CATEGORIES)
+    lines = [f"per-rank peak GiB of one step on {gpus} x {card} ({strategy}), at the micro-batch `auto` picks", head]
+    for r in rows:
+        t = r["tracked"]
+        micro = f"{r['micro_batch']} x {r['micro_steps']}"
+        lines.append(f"{r['stage']:<13}{micro:>13}{r['analytic_bytes'] / GIB:>10.2f}{t['total'] / GIB:>9.2f}"
+                     f"{r['analytic_bytes'] / t['total']:>7.3f}  " + "".join(f"{t[c] / GIB:>13.2f}" for c in CATEGORIES))
+        lines.append(f"{'':<13}peak: analytic at the {r['analytic_at']}, tracked in the {r['tracked_at']}")
+    how = "the whole model" if full_depth else f"{' '.join(f'{v}+{t}' for v, t in PROBES)} blocks extrapolated per block"
+    lines.append(f"tracked: torch's {'FSDPMemTracker' if strategy == 'fsdp' else 'MemTracker'} over one step on fake CPU "
+                 f"tensors under bf16 autocast ({how}; {seconds:.0f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""The micro-batch memory model against torch's own tracker (FSDPMemTracker / MemTracker over the
+real engine and step on fake tensors, `clipav2.parallel.memory_estimate`): within 10% for every
+stage of the recipes at the micro-batch `auto` picks on 8 x 80 GB, the tracker's figures taken at
+reduced depth and extrapolated per block; and that extrapolation against the full model."""
+from pathlib import Path
+
+import pytest
+
+from clipav2.config import load_config
+from clipav2.parallel import memory_estimate as me
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("recipe", ["h14", "h14_10k", "bigg14", "l14"])
+def test_the_memory_model_agrees_with_the_tracker(recipe):
+    cfg = load_config(CONFIGS / f"{recipe}.yaml")
+    for index, stage in enumerate(cfg.stages):
+        row = me.compare(cfg, index, 8, me.DEVICE_BYTES["h100"])
+        ratio = row["analytic_bytes"] / row["tracked"]["total"]
+        print(f"{recipe} {stage.name}: micro-batch {row['micro_batch']} x {row['micro_steps']}, analytic "
+              f"{row['analytic_bytes'] / me.GIB:.2f} GiB ({row['analytic_at']}), tracked "
+              f"{row['tracked']['total'] / me.GIB:.2f} GiB ({row['tracked_at']}), ratio {ratio:.3f}")
+        assert 0.9 <= ratio <= 1.1, (recipe, stage.name, ratio)
+        assert row["tracked"]["total"] <= me.DEVICE_BYTES["h100"]  # what auto picks fits the card
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "single"])
+def test_extrapolated_per_block_equals_the_full_model(strategy):
+    cfg = load_config(None, ["model.name=tiny", f"parallel.strategy={strategy}", "model.checkpointing=all", "parallel.micro_batch=16",
+                             "stages=[{name: s}]", "stages.s.samples=512", "stages.s.global_batch=64",
+                             "stages.s.image_size=32", "stages.s.text_len=16"])
+    world = 4 if strategy == "fsdp" else 1
+    full = me.track_step(cfg, 0, world, 16, depths=(5, 4))
+    runs = [me.track_step(cfg, 0, world, 16, depths=d) for d in me.PROBES]
+    extrapolated = me.extrapolate(runs, (5, 4))
+    assert extrapolated["segments"].keys() == full["segments"].keys()
+    for key, segment in full["segments"].items():  # (the split into categories may differ where two moments
+        # of a segment come within bytes of each other: a tiny model's parameters rival its activations)
+        assert extrapolated["segments"][key]["total"] == pytest.approx(segment["total"], rel=0.01), key
+    assert extrapolated["peak"]["total"] == pytest.approx(full["peak"]["total"], rel=0.01)
+    assert set(me.CATEGORIES) < set(full["peak"]) and full["peak"]["optimizer"] > 0
