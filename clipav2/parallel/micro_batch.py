@@ -98,7 +98,9 @@ def step_bytes(cfg, stage, world_size: int, micro: int, precision: str) -> dict:
         plain = _block_kept(width, hidden, act, res)
         flags = checkpoint_flags(cfg.model.checkpointing, depth)
         kept.append(micro * tokens * sum(width * res if recompute else plain for recompute in flags))
-        top.append(micro * tokens * (plain + width * res + hidden * act))  # the top block's backward
+        # the top block's backward adds its recomputed activations (when checkpointed), the gradient
+        # of its output and of its MLP's hidden activations
+        top.append(micro * tokens * ((plain if flags[-1] else 0) + width * res + hidden * act))
     text_tail = micro * stage.text_len * stage.arch.text.width * 4  # the final LayerNorm's input
     loss = 4 * per_rank * stage.global_batch * 4 + 2 * stage.global_batch * stage.arch.embed_dim * 4
     points = {
