@@ -1,10 +1,11 @@
 """Per-rank memory of a training step measured by torch's own tracker, without a GPU: the
-stage's real engine (`build_strategy` + `setup`) and the loop's `StepRunner` run two steps on
+stage's real engine (`build_strategy` + `setup`) and the loop's `StepRunner` run one step on
 fake tensors (FakeTensorMode: shapes and dtypes, no data) in a fake process group of the job's
 world size, under `torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker` (fsdp) or
 `torch.distributed._tools.mem_tracker.MemTracker` (single, ddp), as torchtitan's
 scripts/estimate/estimation.py does. The optimizer state is created before the tracked step, as
-every step but the first has it.
+every step but the first has it. ddp is tracked through `single`'s engine in the same fake world
+(DDP's reducer reads parameter data, which fake tensors lack); DeepSpeed is not tracked.
 
 Fake CUDA tensors need a CUDA build with a device for autograd, so the step runs on fake *CPU*
 tensors under CPU bf16 autocast, whose casting rules match CUDA's for everything the model
@@ -12,7 +13,7 @@ calls (linear and SDPA in bf16, LayerNorm and the loss in fp32; SDPA's fused CPU
 the output and log-sum-exp as flash attention does). The CUDA allocator's 512-byte rounding
 and fragmentation are not modelled.
 
-`depths=None` runs the full model (minutes for H/14). Otherwise three small models (one or two
+`depths=None` runs the full model (minutes for H/14). Otherwise three small models (two or three
 blocks per tower) are tracked and extrapolated per block: the step's peak is the largest of the
 peaks of its segments (forward, each tower's blocks in backward, the rest of the backward, the
 optimizer step), and each segment's peak is linear in the depth of each tower, so it is
@@ -123,7 +124,6 @@ def track_step(cfg, index: int, world_size: int, micro_batch: int, depths: tuple
 
     from clipav2.data import normalize
     from clipav2.models.clip import CLIP
-    from clipav2.parallel import build_strategy
     from clipav2.stage import resolve
     from clipav2.train.step import StepRunner
 
@@ -139,7 +139,7 @@ def track_step(cfg, index: int, world_size: int, micro_batch: int, depths: tuple
         model = CLIP(arch)  # no storage; the engine's .to(device) makes fake tensors of it
     with _FakeWorld(world_size) as world, FakeTensorMode(allow_non_fake_inputs=True):
         stage = resolve(cfg, index, world_size, arch=arch).with_micro_batch(cfg, micro_batch)
-        strategy = build_strategy(cfg, world)
+        strategy = _engine(cfg, world)
         if hasattr(strategy, "_mesh"):
             strategy._mesh = _outside_fake(strategy._mesh)
         strategy.setup(model, stage)
@@ -161,6 +161,19 @@ def track_step(cfg, index: int, world_size: int, micro_batch: int, depths: tuple
         del strategy, runner, tracker, batches
     gc.collect()
     return {"segments": segments, "peak": max(segments.values(), key=lambda s: s["total"])}
+
+
+def _engine(cfg, world):
+    """The stage's engine; ddp's is `single`'s in the same fake world: DDP's C++ reducer reads
+    parameter data, which fake tensors have none of, and a DDP rank holds what a single process
+    does (the replica, its gradients, which are views of the all-reduce buckets, the optimizer)."""
+    from clipav2.parallel import build_strategy
+    from clipav2.parallel.native import SingleStrategy
+
+    if cfg.parallel.strategy == "ddp":
+        cfg.validate(world.world_size)
+        return SingleStrategy(cfg, world)
+    return build_strategy(cfg, world)
 
 
 def _create_optimizer_state(strategy) -> None:
