@@ -67,6 +67,8 @@ class _StageRun:
     step: int = 0
     skipped_steps: int = 0
     last_loss: float = 0.0  # of the last log interval: a stage ending on a non-finite loss diverged
+    fit: dict | None = None  # micro_batch: auto, the fitted micro-batch (clipav2.parallel.micro_batch)
+    make_loader: object = None  # stage -> the loader at the stage's start (the trial may rebuild it)
 
 
 class Trainer:
@@ -156,7 +158,7 @@ class Trainer:
         from clipav2.parallel import build_strategy, micro_batch
         from clipav2.stage import resolve
         from clipav2.text import make_text_transform
-        from clipav2.train.checkpoint import CheckpointManager, fingerprint, set_rng_state
+        from clipav2.train.checkpoint import CheckpointManager, fingerprint, rng_state, set_rng_state
         from clipav2.train.step import StepRunner
 
         cfg, world = self.cfg, self.world
@@ -166,6 +168,7 @@ class Trainer:
         stage = resolve(cfg, index, world.world_size, arch=model.arch)  # the model it really is
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
+        fit = None
         if stage.auto_micro_batch:  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
             fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
             stage = stage.with_micro_batch(cfg, fit["micro_batch"])
@@ -187,9 +190,17 @@ class Trainer:
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
             return None
+        rng_at_start, data_at_start = rng_state(), extra.get("data")
+
+        def make_loader(stage):  # again after a failed trial: the same data and RNG draws from the start
+            rebuilt = build_train_loader(cfg, stage, world, text_transform, state=data_at_start)
+            set_rng_state(rng_at_start)
+            return rebuilt
+
         _say(world, host_memory_note(loader, stage))
         run = _StageRun(stage, strategy, ckpt, loader, StepRunner(strategy, cfg.seed), PeriodicEval(cfg, index, world),
-                        step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
+                        step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)),
+                        fit=fit, make_loader=make_loader)
         _say(world, stage_header(stage, len(cfg.stages), run.step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
         return run
@@ -224,8 +235,9 @@ class Trainer:
             t_step = time.perf_counter()
             if audit is not None:
                 audit.write(stage.name, run.step, micro)
-            if run.step == first_step:  # the stage's first step: say which kernel ran
-                result = self._first_step(run.runner, micro, run.step)
+            if run.step == first_step:  # the stage's first step: the micro-batch's trial, and which kernel ran
+                result, micro, batches = self._first_step(run, micro, batches)
+                stage = run.stage
             else:
                 result = run.runner.run(micro, run.step)  # device tensors: no host sync here
             t_done = time.perf_counter()
@@ -276,25 +288,71 @@ class Trainer:
         self.t_start = time.perf_counter()
         return exitcodes.OK
 
-    def _first_step(self, runner, micro, step):
-        """A step under the profiler, to print the attention kernel SDPA really chose."""
+    def _first_step(self, run: _StageRun, micro, batches):
+        """The stage's first step, under the profiler to print the attention kernel SDPA really
+        chose. Under `micro_batch: auto` it is the fit's trial: an out-of-memory error, or a peak
+        above the fit's budget measured before the update, halves the micro-batch (more micro-steps,
+        the same global batch; the reason goes to RUN_DIR/micro_batch.json and the log) and the
+        step is taken again from the stage's start, with nothing applied: the weights, optimizer
+        and data are those of a run started at the smaller size. -> (result, micro, batches)"""
+        import torch
+
         from clipav2.models.kernels import attention_kernels, describe
+        from clipav2.parallel import micro_batch as mb
         from clipav2.parallel.apply import compile_seconds
 
+        cuda = self.world.device.type == "cuda"
+
+        def check():  # after the backward, on every rank: the ranks agree on the verdict
+            peak = torch.cuda.max_memory_allocated(self.world.device) if cuda else 0
+            budget = run.fit["device_bytes"] * (1 - mb.RESERVE)
+            if any_rank(self.world, peak > budget):
+                raise mb.TrialFailed(f"measured peak above the budget of {budget / 2**30:.1f} GiB "
+                                     f"(rank {self.world.rank}: {peak / 2**30:.1f} GiB)")
+
         compiled, t = compile_seconds(), time.perf_counter()
-        with attention_kernels() as ran:
-            result = runner.run(micro, step)
+        while True:
+            try:
+                with attention_kernels() as ran:
+                    result = run.runner.run(micro, run.step, before_update=check if run.fit else None)
+                break
+            except (torch.OutOfMemoryError, mb.TrialFailed) as e:
+                if run.fit is None or run.strategy.owns_update:  # a configured micro-batch, or DeepSpeed's baked-in one
+                    raise
+                why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else str(e)
+            micro = batches = None  # here, past the handler, the failed step's tensors are gone
+            micro, batches = self._halve_micro_batch(run, why)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
-        if runner.strategy.compiled:  # the blocks compile at their first call: this step
+        if run.strategy.compiled:  # the blocks compile at their first call: this step
             _say(self.world, f"compile: {compile_seconds() - compiled:.0f} s of the first step's "
                              f"{time.perf_counter() - t:.0f} s (torch.compile, this stage's shapes)")
-        if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
-            import torch
+        if cuda:  # the micro-batch model's trial: what the step really took
+            mb.record_trial(self.run_dir, run.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
+        return result, micro, batches
 
-            from clipav2.parallel.micro_batch import record_trial
+    def _halve_micro_batch(self, run: _StageRun, why: str):
+        """Nothing of the failed trial is kept: gradients dropped, the loader rebuilt from the
+        stage's start at the halved micro-batch. -> (the step's micro-batches, the iterator)"""
+        import torch
 
-            record_trial(self.run_dir, runner.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
-        return result
+        from clipav2.parallel import micro_batch as mb
+        from clipav2.train.step import StepRunner
+
+        run.strategy.optimizer.zero_grad(set_to_none=True)
+        if hasattr(run.strategy.model, "reshard"):  # FSDP2: parameters may be gathered when the error came
+            run.strategy.model.reshard()
+        run.loader.close()
+        if self.world.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.world.device)
+        run.fit = mb.halve(self.run_dir, run.stage, self.world, run.fit, why)
+        run.stage = run.strategy.stage = run.stage.with_micro_batch(self.cfg, run.fit["micro_batch"])
+        run.runner = StepRunner(run.strategy, self.cfg.seed)
+        run.loader = run.make_loader(run.stage)
+        batches = iter(run.loader)
+        _say(self.world, f"[{run.stage.name}] micro-batch trial: {why}; halved to {run.stage.micro_batch} "
+                         f"({run.stage.grad_accum} micro-steps, the same global batch); the step is taken again")
+        return [next(batches) for _ in range(run.stage.grad_accum)], batches
 
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"

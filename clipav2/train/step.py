@@ -81,12 +81,16 @@ def _update(strategy, lr: float, loss: torch.Tensor):
     return norm.detach(), skipped
 
 
-def train_step(strategy, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepResult, torch.Tensor]:
+def train_step(strategy, inputs: list[tuple], loss_fn=clip_loss, before_update=None) -> tuple[StepResult, torch.Tensor]:
     """One optimizer step over this rank's micro-batches `inputs` [(images, ids, keep), ...]
     -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
     (no host sync except under DeepSpeed). The step counts even when skipped, so the LR schedule
-    and the data stream stay in lock-step with the step number."""
+    and the data stream stay in lock-step with the step number. `before_update()`, when given,
+    runs after the backward and before anything is applied (the loop's micro-batch trial: it may
+    raise to abandon the step)."""
     loss, scale = _losses(strategy, inputs, loss_fn)
+    if before_update is not None:
+        before_update()
     loss = loss.reshape(1)
     if strategy.world.distributed:
         dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
@@ -119,6 +123,7 @@ class StepRunner:
         keep = keep_indices(s.image_reduction, s.grid, images.shape[0], s.image_mask_ratio, s.grid_window, gen, device)
         return images, ids, keep
 
-    def run(self, batches: list[dict], step: int) -> StepResult:
-        result, self.last_scale = train_step(self.strategy, [self.inputs(b, step, i) for i, b in enumerate(batches)])
+    def run(self, batches: list[dict], step: int, before_update=None) -> StepResult:
+        inputs = [self.inputs(b, step, i) for i, b in enumerate(batches)]
+        result, self.last_scale = train_step(self.strategy, inputs, before_update=before_update)
         return result
