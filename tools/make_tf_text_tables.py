@@ -5,6 +5,9 @@ bert_ops.py on CLIPA's t5x branch, whose requirements pin tensorflow-text 2.11.0
   clipav2/text/tf_text_delimiters.txt   the code points its basic tokenizer makes words of their
       own: RE2's [!-/] [:-@] [\\[-`] [{-~] \\p{P} and Google BERT's CJK ranges (the keep-delimiter
       pattern of tensorflow_text's bert_tokenizer.py), read by clipav2.text.basic;
+  clipav2/text/tf_text_unnormalized.txt  the code points its normalisation leaves as they are
+      (its ICU 64 predates them) that the newest Unicode (the `unicodedata2` package) would fold,
+      decompose, strip or blank, read by clipav2.text.basic;
   tests/data/tf_text_sweep.txt          for every code point c, what the whole tokenizer makes of
       "x" + c + "y": its class (split, space, merge, mixed; unk when unlisted) and a digest of
       the exact ids per block of 4096 code points, read by tests/test_text_unicode.py.
@@ -12,7 +15,7 @@ bert_ops.py on CLIPA's t5x branch, whose requirements pin tensorflow-text 2.11.0
 Only regenerating needs TensorFlow. tensorflow-text 2.11 has wheels for Python 3.7-3.10 only:
 
     python3.10 -m venv /tmp/tf211
-    /tmp/tf211/bin/pip install tensorflow==2.11.* tensorflow-text==2.11.0 "numpy<1.24"
+    /tmp/tf211/bin/pip install tensorflow==2.11.* tensorflow-text==2.11.0 "numpy<1.24" unicodedata2
     /tmp/tf211/bin/python tools/make_tf_text_tables.py --vocab bert-base-uncased-vocab.txt
 """
 import argparse
@@ -26,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
 DELIMITERS = ROOT / "clipav2" / "text" / "tf_text_delimiters.txt"
+UNNORMALIZED = ROOT / "clipav2" / "text" / "tf_text_unnormalized.txt"
 SWEEP = ROOT / "tests" / "data" / "tf_text_sweep.txt"
 CODE_POINTS = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]  # every scalar value
 BLOCK = 4096
@@ -91,6 +95,32 @@ def reference_delimiters():
     return found
 
 
+def reference_unchanged():
+    """The code points that tensorflow_text's BertTokenizer normalisation (case_fold_utf8, NFD,
+    \\p{Mn} removed, \\p{Cc}|\\p{Cf} made spaces) leaves as they are."""
+    import tensorflow as tf
+    from tensorflow_text.python.ops import bert_tokenizer
+
+    basic = bert_tokenizer.BasicTokenizer(lower_case=True)
+    found = []
+    for i in range(0, len(CODE_POINTS), CHUNK):
+        chunk = CODE_POINTS[i : i + CHUNK]
+        texts = tf.constant([chr(c).encode() for c in chunk])
+        out = tf.strings.regex_replace(basic.lower_case(texts), r"\p{Cc}|\p{Cf}", " ").numpy()
+        found += [c for c, o in zip(chunk, out) if o == chr(c).encode()]
+    return found
+
+
+def newest_changes(c: int) -> bool:
+    """Whether clipav2.text.basic's normalisation, under the newest Unicode, changes chr(c)."""
+    import unicodedata2 as ud
+
+    folded = ud.normalize("NFKC", ud.normalize("NFKC", chr(c)).casefold())
+    out = "".join(" " if ud.category(d) in ("Cc", "Cf") else d
+                  for d in ud.normalize("NFD", folded) if ud.category(d) != "Mn")
+    return out != chr(c)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", required=True, help="bert-base-uncased vocab.txt")
@@ -110,6 +140,14 @@ def main() -> int:
         "# (ASCII punctuation, RE2's \\p{P}, Google BERT's CJK ranges), after its normalisation.\n"
         "# Written by tools/make_tf_text_tables.py; do not edit.\n" + "\n".join(ranges(delimiters)) + "\n")
 
+    import unicodedata2
+
+    unnormalized = [c for c in reference_unchanged() if c > 0x7F and newest_changes(c)]
+    UNNORMALIZED.write_text(
+        f"# The code points tensorflow_text {version}'s BERT normalisation leaves as they are (its ICU\n"
+        f"# predates them) that Unicode {unicodedata2.unidata_version} folds, decomposes, strips or makes a space.\n"
+        "# Written by tools/make_tf_text_tables.py; do not edit.\n" + "\n".join(ranges(unnormalized)) + "\n")
+
     outputs = reference_outputs(args.vocab)
     by_class = {}
     for c, words in zip(CODE_POINTS, outputs):
@@ -126,7 +164,7 @@ def main() -> int:
     lines += [f"digest {b:03X} {block_digest(o)}" for b, o in sorted(blocks.items())]
     SWEEP.write_text("\n".join(lines) + "\n")
     counts = ", ".join(f"{k} {len(v)}" for k, v in sorted(by_class.items()))
-    print(f"{DELIMITERS}: {len(delimiters)} delimiters; {SWEEP}: {counts}")
+    print(f"{DELIMITERS.name}: {len(delimiters)}; {UNNORMALIZED.name}: {len(unnormalized)}; {SWEEP.name}: {counts}")
     return 0
 
 
