@@ -2,15 +2,30 @@
 stage and recorded in RUN_DIR/micro_batch.json, so a stage runs without gradient accumulation
 whenever the per-rank batch fits.
 
-The memory model (bytes per rank):
-- fixed: parameters, gradients and AdamW state, 4 + 4 + 8 bytes per parameter (6 with the bf16
-  first moment), divided by the world under fsdp and ZeRO-3 (optimizer state only under ZeRO-1/2);
-- per sample: the activations each block keeps for its backward, ~34 x tokens x width bytes at
-  2-byte activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-  Transformer Models", table 2, with the attention scores not stored, as flash attention does),
-  twice that in fp32; a checkpointed block keeps only its input (2 x tokens x width);
-- 10% of the device kept free for the allocator and the recomputed block's working set.
-The first step of the stage is the trial: its measured peak is recorded beside the prediction.
+The memory model counts the tensors of one step, per rank, at the step's highest points
+(checked against torch's own tracker: `clipav2 plan CONFIG --memory`, docs/performance.md):
+- fixed: fp32 parameters, gradients and AdamW state, 4 + 4 + 8 bytes per parameter (6 with the
+  bf16 first moment), divided by the world under fsdp and ZeRO-3; under fsdp also the gathered
+  fp32 parameters and gradients of the blocks in flight (two blocks, and one block's gradient),
+  and, with gradient accumulation, the whole unsharded fp32 gradient: FSDP2 accumulates
+  unsharded gradients over the micro-steps that skip the reduce-scatter;
+- inputs: the whole per-rank batch's uint8 images and their fp32 normalised copies (the step
+  normalises every micro-batch first);
+- kept activations: a checkpointed block keeps its input, the residual stream (in the parameters'
+  dtype: fp32 in both towers under fp32 and bf16 autocast, bf16 under bf16_params); a block run
+  plainly keeps every tensor its backward needs:
+  the LayerNorm outputs cast for the matmuls, q, k, v, the attention output, the mid-block
+  residual, the MLP's hidden activations before and after GELU;
+- the loss: two fp32 logit matrices (this rank's rows x the global batch) and their two
+  log-softmaxes, beside the gathered features of the global batch;
+- the backward of one block: what the block keeps (recomputed under checkpointing: the working
+  set the forward did not hold), the gradient of its output and of its MLP hidden activations.
+The peak is the largest of: the end of the forward (loss included), and the backward of the top
+block of each tower (the text tower is differentiated first, so the image tower's backward no
+longer holds the text tower's kept inputs). 10% of the device is left for the allocator, the
+CUDA context and the collectives' buffers.
+The first step of the stage is the trial: a step that runs out of memory, or whose measured peak
+exceeds the device, halves the micro-batch before any update is applied (clipav2.train.loop).
 """
 from __future__ import annotations
 
@@ -21,26 +36,28 @@ RECORD = "micro_batch.json"
 RESERVE = 0.10
 
 
-def _towers(stage):
-    """[(tokens, width, depth)] of the two towers of a resolved stage."""
+def _residual_bytes(precision: str) -> tuple[int, int]:
+    """Bytes per element of the (image, text) residual stream."""
+    if precision == "fp32":
+        return 4, 4
+    return (2, 2) if precision == "bf16_params" else (4, 4)
+
+
+def _block_kept(width: int, hidden: int, act: int, res: int) -> int:
+    """Bytes per token a plainly run block keeps for its backward (see the module's docstring)."""
+    return width * (act + 3 * act + act + res + act) + hidden * 2 * act
+
+
+def _towers(stage, precision: str):
+    """[(tokens, width, hidden, depth, residual bytes)] of the (image, text) towers."""
     v, t = stage.arch.vision, stage.arch.text
-    return [(stage.kept_image_tokens + 1, v.width, v.depth), (stage.text_len, t.width, t.depth)]
-
-
-def activation_bytes_per_sample(cfg, stage, precision: str) -> int:
-    """`stage`: resolved (clipav2.stage.Stage)."""
-    from clipav2.parallel.apply import checkpoint_flags
-
-    scale = 1 if precision.startswith("bf16") else 2
-    total = 0
-    for tokens, width, depth in _towers(stage):
-        for recompute in checkpoint_flags(cfg.model.checkpointing, depth):
-            total += (2 if recompute else 34) * tokens * width * scale
-    return total
+    res_v, res_t = _residual_bytes(precision)
+    return [(stage.kept_image_tokens + 1, v.width, v.mlp, v.depth, res_v), (stage.text_len, t.width, t.mlp, t.depth, res_t)]
 
 
 def fixed_bytes(cfg, world_size: int, arch=None) -> int:
-    """`arch`: the stage's (clipav2.stage.Stage.arch); default, the configured model's."""
+    """Parameters, gradients and AdamW state per rank. `arch`: the stage's (Stage.arch); default,
+    the configured model's."""
     from clipav2.models.arch import get_arch
     from clipav2.models.flops import count_params
 
@@ -54,17 +71,56 @@ def fixed_bytes(cfg, world_size: int, arch=None) -> int:
     return weights + grads + adam
 
 
+def _gathered_bytes(cfg, arch) -> int:
+    """fsdp: the full fp32 parameters of two blocks in flight and one block's gradient."""
+    if cfg.parallel.strategy != "fsdp":
+        return 0
+    block = max(12 * w * w + 2 * w * h for w, h in ((arch.vision.width, arch.vision.mlp), (arch.text.width, arch.text.mlp)))
+    return 3 * 4 * block
+
+
+def step_bytes(cfg, stage, world_size: int, micro: int, precision: str) -> dict:
+    """The model's per-rank bytes of one step at `micro` samples per micro-step, by part, with
+    the peak ("total") and where it is ("at")."""
+    from clipav2.models.flops import count_params
+    from clipav2.parallel.apply import checkpoint_flags
+
+    per_rank = stage.global_batch // world_size
+    act = 4 if precision == "fp32" else 2
+    fixed = fixed_bytes(cfg, world_size, stage.arch) + _gathered_bytes(cfg, stage.arch)
+    if micro < per_rank and cfg.parallel.strategy == "fsdp":  # accumulation without sync: whole gradients
+        fixed += 4 * count_params(stage.arch)["total"] * (world_size - 1) // world_size
+    inputs = per_rank * 3 * stage.image_size**2 * (1 + 4)
+    kept, top = [], []
+    for tokens, width, hidden, depth, res in _towers(stage, precision):
+        plain = _block_kept(width, hidden, act, res)
+        flags = checkpoint_flags(cfg.model.checkpointing, depth)
+        kept.append(micro * tokens * sum(width * res if recompute else plain for recompute in flags))
+        # the top block's backward adds its recomputed activations (when checkpointed), the gradient
+        # of its output and of its MLP's hidden activations
+        top.append(micro * tokens * ((plain if flags[-1] else 0) + width * res + hidden * act))
+    text_tail = micro * stage.text_len * stage.arch.text.width * 4  # the final LayerNorm's input
+    loss = 4 * per_rank * stage.global_batch * 4 + 2 * stage.global_batch * stage.arch.embed_dim * 4
+    points = {
+        "forward end": kept[0] + kept[1] + text_tail + loss,
+        "text backward": kept[0] + kept[1] + top[1],
+        "image backward": kept[0] + top[0],
+    }
+    at = max(points, key=points.get)
+    return {"fixed": fixed, "inputs": inputs, "kept": sum(kept), "loss": loss, "at": at,
+            "total": int(fixed + inputs + points[at])}
+
+
 def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> dict:
     """The largest divisor of the per-rank batch the model says fits, with the figures behind it."""
     per_rank = stage.global_batch // world_size
-    per_sample = activation_bytes_per_sample(cfg, stage, precision)
-    fixed = fixed_bytes(cfg, world_size, stage.arch)
-    room = device_bytes * (1 - RESERVE) - fixed
-    fits = max(1, int(room // per_sample)) if room > 0 else 1
-    micro = max(d for d in range(1, per_rank + 1) if per_rank % d == 0 and d <= fits)
+    budget = device_bytes * (1 - RESERVE)
+    divisors = [d for d in range(per_rank, 0, -1) if per_rank % d == 0]
+    micro = next((d for d in divisors if step_bytes(cfg, stage, world_size, d, precision)["total"] <= budget), 1)
+    need = step_bytes(cfg, stage, world_size, per_rank, precision)["total"]
     return {"micro_batch": micro, "per_rank_batch": per_rank, "micro_steps": per_rank // micro,
-            "predicted_bytes": int(fixed + micro * per_sample),
-            "per_sample_bytes": per_sample, "device_bytes": int(device_bytes)}
+            "predicted_bytes": step_bytes(cfg, stage, world_size, micro, precision)["total"],
+            "whole_batch_bytes": need, "device_bytes": int(device_bytes)}
 
 
 def explain(stage_name: str, fit: dict) -> str:
@@ -74,7 +130,7 @@ def explain(stage_name: str, fit: dict) -> str:
     if fit["micro_steps"] == 1:
         return head + "; no gradient accumulation"
     return (head + f"; {fit['micro_steps']} micro-steps of accumulation because the per-rank batch needs "
-            f"{fit['per_rank_batch'] * fit['per_sample_bytes'] / gib:.1f} GiB of activations: each step adds a "
+            f"{fit['whole_batch_bytes'] / gib:.1f} GiB at once: each step adds a "
             f"no-grad forward of the whole batch (about +1/3 compute) to keep the loss over the global batch; "
             f"checkpointing more blocks (model.checkpointing) or more GPUs avoids it")
 
@@ -93,6 +149,11 @@ def _free_bytes(world) -> int:
 
     if world.device.type != "cuda":
         return 2**62
+    import gc
+
+    gc.collect()  # what the previous stage and its evaluation left is released first
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(world.device)  # the trial's peak is this stage's own
     free = torch.tensor(torch.cuda.mem_get_info(world.device)[0], device=world.device)
     if world.distributed:
         import torch.distributed as dist
@@ -116,6 +177,28 @@ def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(records, indent=1))
     return records[key]
+
+
+class TrialFailed(RuntimeError):
+    """The stage's first step does not fit: its measured peak exceeds the budget the fit used."""
+
+
+def halve(run_dir, stage, world, fit: dict, why: str) -> dict:
+    """The trial failed at `fit`: half the micro-batch (the largest divisor of the per-rank batch
+    at most half; more micro-steps, the same global batch), recorded with the reason, so a resumed run starts at the size that was kept."""
+    if fit["micro_batch"] == 1:
+        raise RuntimeError(f"[{stage.name}] a micro-batch of 1 does not fit ({why})")
+    per_rank = fit["per_rank_batch"]
+    micro = max(d for d in range(1, fit["micro_batch"] // 2 + 1) if per_rank % d == 0)
+    new = dict(fit, micro_batch=micro, micro_steps=per_rank // micro,
+               halved=fit.get("halved", []) + [f"{fit['micro_batch']}: {why}"])
+    path = Path(run_dir) / RECORD
+    if world.is_main:
+        records = json.loads(path.read_text()) if path.is_file() else {}
+        records[_key(stage, world)] = new
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=1))
+    return new
 
 
 def record_trial(run_dir, stage, world, peak_bytes: int) -> None:

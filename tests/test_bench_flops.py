@@ -8,6 +8,7 @@ from clipav2.cli import main as cli
 from clipav2.config import load_config
 from clipav2.parallel.env import World
 from clipav2.perf.bench import BenchOptions, _row
+from clipav2.stage import resolve
 
 
 def closed_form_train_flops(image_size, kept, text_len, patch=14, embed=1024,
@@ -29,7 +30,8 @@ def test_bench_flops_equal_the_plan_for_every_h14_stage(capsys):
     plan = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
     cfg = load_config("configs/h14.yaml")
     expected = {"pretrain": (84, 36, 8), "finetune224": (224, 179, 32), "finetune336": (336, 345, 32)}
-    for stage in cfg.stages:
+    for index in range(len(cfg.stages)):
+        stage = resolve(cfg, index, 1)
         row = _row("clipav2", cfg, stage, World(), BenchOptions(), {})
         assert row.train_flops_per_sample == plan[stage.name]["train_flops_per_sample"]
         assert row.kept_image_tokens == plan[stage.name]["kept_image_tokens"]

@@ -44,6 +44,9 @@ def test_dcp_reader_names_its_index_file(tmp_path):
     path = compat.dcp_metadata_path(dcp.FileSystemReader(str(tmp_path)))
     assert str(path).endswith(".metadata") and (tmp_path / ".metadata").is_file()
     assert str(path) == str(tmp_path / ".metadata")
+    # before torch 2.9 the reader has no _get_metadata_path: the fallback must name the same file
+    old_reader = type("Reader", (), {"fs": dcp.FileSystemReader(str(tmp_path)).fs, "path": str(tmp_path)})()
+    assert str(compat.dcp_metadata_path(old_reader)) == str(path)
 
 
 @pytest.mark.parametrize("flatten", [True, False])

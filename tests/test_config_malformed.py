@@ -137,7 +137,14 @@ def test_unknown_stage_flag(recipe, capsys):
 
 def test_single_strategy_under_a_two_rank_launcher(recipe, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     _assert_one_line_naming(capsys, _run(recipe), "parallel.strategy")
+
+
+def test_half_a_launcher_environment(recipe, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    _assert_one_line_naming(capsys, _run(recipe), "RANK")
 
 
 @pytest.mark.parametrize(

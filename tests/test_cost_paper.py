@@ -5,7 +5,7 @@ import pytest
 
 from clipav2.cli import main
 from clipav2.cost.paper import OPENCLIP_RUNS, PAPER_PRICE, PAPER_RUNS, matching_run, paper_cost
-from clipav2.cost.prices import ACCELERATORS, cost_usd
+from clipav2.accelerators import ACCELERATORS, cost_usd
 
 
 def test_paper_hours_at_the_paper_price_give_its_dollars():

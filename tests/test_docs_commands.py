@@ -20,7 +20,7 @@ from support import ENV, small_demo
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-COMMAND_WORDS = ("clipav2", "python", "python3", "pip", "mkdir", "sbatch", "deepspeed", "launch/")
+COMMAND_WORDS = ("clipav2", "clip_benchmark", "python", "python3", "pip", "mkdir", "sbatch", "deepspeed", "launch/")
 
 GPU = "needs GPUs and the full data set (8 x 80 GB, LAION/DataComp shards)"
 H14_RUN = "needs a trained ViT-H/14 checkpoint (runs/h14) and ImageNet"
@@ -33,6 +33,8 @@ SKIP = {
     "clipav2 compare configs/demo.yaml configs/demo_fullres.yaml --plot demo_vs_fullres.png":
         "trains both demo recipes to the end (minutes of CPU); tests/test_cost_accuracy.py runs compare at tiny size",
     "clipav2 train configs/h14.yaml data.train=/data/{00000..41407}.tar parallel.strategy=fsdp": GPU,
+    "clipav2 plan configs/h14.yaml --memory --gpu h100 --gpus 8":
+        "tracks H/14's step for every stage (a minute of CPU); tests/test_train_memory_estimate.py runs the same comparison",
     "clipav2 eval configs/h14.yaml --checkpoint runs/h14/finetune336.safetensors": H14_RUN,
     "clipav2 eval configs/h14.yaml --checkpoint runs/h14/checkpoints/pretrain": H14_RUN,
     "clipav2 eval configs/h14.yaml --checkpoint RUN_DIR/pretrain.safetensors --data /data/imagenet/val": H14_RUN,
@@ -58,6 +60,8 @@ SKIP = {
     "DATA=/data/laion/{00000..41407}.tar deepspeed launch/h14.sh": GPU,
     "DATA=... STRATEGY=deepspeed ZERO_STAGE=3 deepspeed --num_gpus 4 launch/g14.sh stages.pretrain.warmup_steps=500": GPU,
     "mkdir -p runs": "cluster set-up: a directory on the nodes' shared file system",
+    "clip_benchmark eval --model_type open_clip --model local-dir:demo-folder --dataset wds/demo --dataset_root demo-wds --no_amp":
+        "tests/test_clip_benchmark.py runs it on an exported tiny model (it is in the dev extra only)",
     "DATA=/data/datacomp1b/{00000000..00140089}.tar EVAL_DATA=/data/imagenet/val sbatch --nodes=4 --partition=gpu "
     "--account=me launch/slurm/h14.sbatch": "needs a SLURM cluster",
 }
@@ -69,10 +73,16 @@ TINY_DEMO = ["model.name=tiny", "data.workers=0", "data.shuffle_buffer=64", "par
              "stages.pretrain.image_size=16", "stages.pretrain.samples=32", "stages.pretrain.global_batch=16",
              "stages.pretrain.warmup_steps=1", "stages.finetune.image_size=32", "stages.finetune.samples=32",
              "stages.finetune.global_batch=16", "stages.finetune.warmup_steps=1", "stages.finetune.text_len=16"]
-# command -> how it runs here: "as is", "tiny demo" (TINY_DEMO and RUN_DIR appended), or "launch
+# command -> how it runs here: "as is"; "tiny demo" (TINY_DEMO and run_dir appended); "after the
+# tiny demo" (in the same test, in the docs' order, on its run directory: runs/demo and the
+# outputs below moved under tmp, TINY_DEMO appended to a command that reads a recipe); or "launch
 # dry run" (bash, with DATA=... and the recipe's data paths pointing at small local files)
+DEMO_OUTPUTS = ("demo-folder", "demo-wds")
 RUN = {
     "clipav2 train configs/demo.yaml": "tiny demo",
+    "clipav2 convert --to open_clip runs/demo/finetune.safetensors demo-folder": "after the tiny demo",
+    "clipav2 data benchmark runs/demo/demo_data/eval demo-wds --classnames demo --templates demo": "after the tiny demo",
+    "clipav2 eval configs/demo.yaml --checkpoint runs/demo/finetune.safetensors eval.protocol=open_clip": "after the tiny demo",
     "clipav2 plan configs/h14.yaml": "as is",
     "clipav2 plan configs/h14.yaml --gpu h100 --gpus 64 --mfu 0.45": "as is",
     "clipav2 plan configs/h14.yaml --gpu h100 --gpus 64 --samples-per-s 2900 --price 2.5 --json": "as is",
@@ -191,7 +201,13 @@ def _launch_dry_run(command: str, tmp_path) -> None:
     assert "clipav2 train" in r.stdout and "data.train=" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("command", sorted(RUN))
+def _after_the_demo(command: str, run_dir: Path, tmp_path) -> list[str]:
+    argv = [w.replace("runs/demo", str(run_dir)) for w in shlex.split(command)[1:]]
+    argv = [str(tmp_path / w) if w in DEMO_OUTPUTS else w for w in argv]
+    return argv + (TINY_DEMO + [f"run_dir={run_dir}"] if any(w.endswith(".yaml") for w in argv) else [])
+
+
+@pytest.mark.parametrize("command", sorted(c for c in RUN if RUN[c] != "after the tiny demo"))
 def test_documented_command_runs(command, tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.chdir(REPO)
     how = RUN[command]
@@ -202,6 +218,8 @@ def test_documented_command_runs(command, tmp_path, tmp_path_factory, monkeypatc
         run_dir = _tiny_demo_run_dir(tmp_path, tmp_path_factory)
         _run_clipav2([*argv, *TINY_DEMO, f"run_dir={run_dir}"])
         assert (run_dir / "finetune.safetensors").is_file()
+        for after in (c for c in doc_commands() if RUN.get(c) == "after the tiny demo"):  # the docs' order
+            _run_clipav2(_after_the_demo(after, run_dir, tmp_path))
         return
     out = _run_clipav2(argv)
     shown = doc_commands()[command]["output"]

@@ -17,23 +17,28 @@ def _cfg(*extra):
 
 
 def test_the_memory_model_by_hand():
-    cfg = _cfg("model.checkpointing=every_2")
+    cfg = _cfg("model.checkpointing=all")
     a = get_arch("tiny")  # 2 + 2 blocks of width 32; 16 patches + the class token; 16 text tokens
-    per_sample = (2 + 34) * 17 * a.vision.width + (2 + 34) * 16 * a.text.width  # one of two blocks checkpointed
-    assert mb.activation_bytes_per_sample(cfg, resolve(cfg, 0), "bf16_autocast") == per_sample
-    assert mb.activation_bytes_per_sample(cfg, resolve(cfg, 0), "fp32") == 2 * per_sample
     n = count_params(a)["total"]
     assert mb.fixed_bytes(cfg, 2) == 16 * n
     assert mb.fixed_bytes(_cfg("parallel.strategy=fsdp"), 2) == 8 * n
+    # a checkpointed block keeps its input: both towers' residual streams are fp32 under bf16 autocast
+    # (tests/test_precision.py checks the dtype entering every block), bf16 under bf16_params
+    stage = resolve(cfg, 0, 2)
+    one, two = (mb.step_bytes(cfg, stage, 2, m, "bf16_autocast") for m in (1, 2))
+    assert two["kept"] - one["kept"] == 2 * (17 * a.vision.width * 4 + 16 * a.text.width * 4)
+    one, two = (mb.step_bytes(cfg, stage, 2, m, "bf16_params") for m in (1, 2))
+    assert two["kept"] - one["kept"] == 2 * (17 * a.vision.width * 2 + 16 * a.text.width * 2)
+    assert one["inputs"] == two["inputs"] == 24 * 3 * 32 * 32 * (1 + 4)  # the whole per-rank batch, uint8 + fp32
+    assert one["loss"] == 4 * 24 * 48 * 4 + 2 * 48 * a.embed_dim * 4  # 2 logits + 2 log-softmaxes, gathered features
 
 
 def test_the_largest_divisor_that_fits_and_why():
     cfg = _cfg()
-    stage = resolve(cfg, 0)
-    per_sample = mb.activation_bytes_per_sample(cfg, stage, "fp32")
-    device = (mb.fixed_bytes(cfg, 2) + 10 * per_sample) / (1 - mb.RESERVE)  # room for 10 samples
+    stage = resolve(cfg, 0, 2)
+    device = mb.step_bytes(cfg, stage, 2, 8, "fp32")["total"] / (1 - mb.RESERVE)  # room for 8 (not 12)
     fit = mb.choose(cfg, stage, 2, device, "fp32")
-    assert (fit["per_rank_batch"], fit["micro_batch"], fit["micro_steps"]) == (24, 8, 3)  # 8 divides 24; 10, 9 do not
+    assert (fit["per_rank_batch"], fit["micro_batch"], fit["micro_steps"]) == (24, 8, 3)
     assert "3 micro-steps of accumulation" in mb.explain("s", fit) and "no-grad forward" in mb.explain("s", fit)
     roomy = mb.choose(cfg, stage, 2, 2**40, "fp32")
     assert roomy["micro_batch"] == 24 and "no gradient accumulation" in mb.explain("s", roomy)

@@ -49,9 +49,13 @@ def _run(cls, steps=20, skip_at=5):
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
     opt = cls([{"params": ps[:2], "weight_decay": 0.2}, {"params": ps[2:], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    # Gradients that do not depend on the parameters: the fused kernel rounds the update differently
+    # per CPU instruction set (vector width, FMA), and gradients computed from the parameters would
+    # feed that ulp back and grow it step by step (to ~30 ulp of exp_avg_sq in 20 steps on AVX-512).
+    gen = torch.Generator().manual_seed(1)
     for i in range(steps):
         for j, p in enumerate(ps):
-            p.grad = torch.sin(p.detach() * (i + 1) + j) * 10.0 ** (j - 2)  # magnitudes 1e-2 .. 10
+            p.grad = torch.randn(p.shape, generator=gen) * 10.0 ** (j - 2)  # magnitudes 1e-2 .. 10
             if i == skip_at:
                 p.grad[..., 0] = float("nan")
         opt.found_inf = torch.tensor(float(i == skip_at))
@@ -67,7 +71,7 @@ def test_fused_update_matches_the_per_tensor_loop(chunk, monkeypatch):
     (ours, opt), (theirs, ref) = _run(AdamWLowPrecisionMomentum), _run(PerTensorReference)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=2e-7, atol=1e-7)  # ~1 ulp of values of order 1
-        torch.testing.assert_close(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"], rtol=3e-7, atol=0)  # 2 ulp
         for key in ("exp_avg", "step"):  # the same bf16 rounding of the same fp32 moment
             assert torch.equal(opt.state[a][key], ref.state[b][key]), key
     assert opt.state[ours[0]]["exp_avg"].dtype == torch.bfloat16

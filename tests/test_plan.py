@@ -103,6 +103,10 @@ def test_cost_without_flags_says_why_and_defaults_are_printed_as_assumed(capsys)
     (["--gpu", "h100", "--gpus", "0"], "--gpus"),
     (["--gpus", "8"], "--gpu"),
     (["stages.pretrain.image_size=85"], "stages.pretrain.image_size"),
+    (["--memory", "--gpu", "tpu-v3"], "no memory size known for tpu-v3"),
+    (["--memory", "--gpus", "0"], "--gpus"),
+    (["--memory", "--gpus", "3"], "not divisible by world size 3"),
+    (["--memory", "parallel.strategy=deepspeed"], "DeepSpeed"),
 ])
 def test_bad_input_is_named(capsys, argv, message):
     assert main(["plan", "configs/h14.yaml", *argv]) == 2

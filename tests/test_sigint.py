@@ -59,11 +59,11 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path_factory, tmp_path):
 
 
 def test_the_second_sigint_raises_in_the_handler(monkeypatch):
-    from clipav2.train import faults
+    from clipav2 import signals
 
-    monkeypatch.setattr(faults, "_interrupts", 0)
-    monkeypatch.setattr(faults, "_received", None)
-    faults._on_signal(signal.SIGINT, None)
-    assert faults.signal_received() == "SIGINT"
+    monkeypatch.setattr(signals, "_interrupts", 0)
+    monkeypatch.setattr(signals, "_received", None)
+    signals._on_signal(signal.SIGINT, None)
+    assert signals.signal_received() == "SIGINT"
     with pytest.raises(KeyboardInterrupt):
-        faults._on_signal(signal.SIGINT, None)
+        signals._on_signal(signal.SIGINT, None)

@@ -12,8 +12,9 @@ from clipav2 import exitcodes
 from clipav2.train.step import StepResult
 from nosync import forbid_host_sync
 from clipav2.train.skips import SkipCounter
-from clipav2.train import faults
-from clipav2.train.faults import FaultMonitor, install_signal_handlers
+from clipav2 import signals
+from clipav2.signals import install_signal_handlers
+from clipav2.train.faults import FaultMonitor
 
 GOOD = StepResult(lr=1e-3, grad_norm=1.0, skipped=False, loss=2.0)
 BAD = StepResult(lr=1e-3, grad_norm=float("nan"), skipped=True, loss=float("nan"))
@@ -21,10 +22,10 @@ BAD = StepResult(lr=1e-3, grad_norm=float("nan"), skipped=True, loss=float("nan"
 
 @pytest.fixture(autouse=True)
 def restore_handlers():
-    saved = {s: signal.getsignal(s) for s in faults.PREEMPT_SIGNALS}
-    faults.clear_signal()
+    saved = {s: signal.getsignal(s) for s in signals.PREEMPT_SIGNALS}
+    signals.clear_signal()
     yield
-    faults.clear_signal()
+    signals.clear_signal()
     for s, h in saved.items():
         signal.signal(s, h)
 
@@ -58,7 +59,7 @@ def test_a_signal_between_stages_stops_the_next_stage():
 def test_a_signal_before_the_first_monitor_is_kept():
     install_signal_handlers()
     os.kill(os.getpid(), signal.SIGTERM)  # the process survives: only the flag is set
-    assert faults.signal_received() == "SIGTERM"
+    assert signals.signal_received() == "SIGTERM"
     monitor = FaultMonitor(3)
     assert monitor.after_step(1, GOOD) == exitcodes.PREEMPTED
     assert FaultMonitor(3).after_step(2, GOOD) is None  # acted on: not seen twice
@@ -69,7 +70,7 @@ def test_installing_again_keeps_a_pending_signal():
     os.kill(os.getpid(), signal.SIGUSR1)
     install_signal_handlers()
     FaultMonitor(3)
-    assert faults.signal_received() == "SIGUSR1"
+    assert signals.signal_received() == "SIGUSR1"
 
 
 def _feed(counter, flags, start=1):

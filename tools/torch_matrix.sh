@@ -23,7 +23,7 @@ STEPS=${STEPS:-core demo fsdp}
 # the engines, resume, attention, the optimizer's fused kernels, conversion.
 CORE=${CORE:-tests/test_compat.py tests/test_checkpoint.py tests/test_checkpoint_attacks.py tests/test_safe_load.py
 tests/test_consolidate.py tests/test_train_resume.py tests/test_train_strategies.py tests/test_attention.py
-tests/test_train_step.py tests/test_parallel_optim.py tests/test_convert.py}
+tests/test_train_step.py tests/test_optim.py tests/test_convert.py}
 [ $# -gt 0 ] || { echo "usage: tools/torch_matrix.sh TORCH_VERSION..." >&2; exit 2; }
 [ -n "${CLIPAV2_VOCAB:-}" ] && [ -n "${NLTK_DATA:-}" ] ||
   echo "note: CLIPAV2_VOCAB or NLTK_DATA unset: offline, the tests and runs need both (README, Text data)" >&2

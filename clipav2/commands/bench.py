@@ -71,7 +71,7 @@ def _demo_data(path, overrides) -> list[str]:
 
 
 def main(args) -> int:
-    from clipav2.parallel.env import launcher_world_size
+    from clipav2.commands.train import launcher_world_size
 
     try:
         _check_args(args)

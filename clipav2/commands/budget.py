@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 def main(args) -> int:
     from clipav2.cost.ledger import LedgerError
-    from clipav2.cost.prices import PriceError, parse_price
+    from clipav2.accelerators import PriceError, parse_price
     from clipav2.cost.render import to_html, to_markdown
     from clipav2.cost.report import build_report
     from clipav2.cost.run_data import load_run

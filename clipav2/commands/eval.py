@@ -30,7 +30,10 @@ def _choose_stage(cfg, args, step_dir):
     from clipav2.models.convert import read_metadata
 
     if step_dir is not None:
-        saved = json.loads((step_dir / "strategy.json").read_text()).get("stage")
+        from clipav2.safe_load import read_json
+
+        meta = read_json(step_dir / "strategy.json")
+        saved = meta.get("stage") if isinstance(meta, dict) else None
     else:
         saved = read_metadata(args.checkpoint).get("meta", {}).get("stage") if args.checkpoint.endswith(".safetensors") else None
     names = [s.name for s in cfg.stages]
@@ -66,7 +69,7 @@ def _eval_sets(cfg, args) -> None:
     if not cfg.data.eval and not cfg.data.retrieval:
         raise ConfigError("--data: no evaluation set (give --data / --retrieval, or data.eval in the config)")
     for key, path in (("--data", cfg.data.eval), ("--retrieval", cfg.data.retrieval)):
-        if path and not Path(path).exists():
+        if path and not Path(path).is_dir():  # shards: each a regular file (not /dev/null, not a FIFO)
             from clipav2.data import expand_urls
 
             try:
@@ -92,7 +95,7 @@ def main(args) -> int:
         step_dir = checkpoint_kind(args.checkpoint)
         _eval_sets(cfg, args)
         stage = _choose_stage(cfg, args, step_dir)
-    except (ConfigError, WeightsFileError) as e:
+    except (ConfigError, WeightsFileError, ValueError) as e:  # ValueError: an unreadable strategy.json
         print(f"clipav2 eval: {e}", file=sys.stderr)
         return exitcodes.CONFIG
 

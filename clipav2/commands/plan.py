@@ -1,9 +1,13 @@
 """`clipav2 plan CONFIG [key=value ...] [--json | --resolved] [--gpu h100 --gpus 64 (--mfu 0.45 | --samples-per-s X) --price P]`
+`clipav2 plan CONFIG --memory [--gpu h100 --gpus 8] [--full-depth] [--json]`
 
 Per stage: image size, kept image tokens, text length, samples, global batch, steps, warmup, peak
 LR and training FLOPs; with an accelerator, GPU-hours, wall time and dollars against the budget.
 A cost input no flag or recipe key gave (MFU, GPU count, price) is listed under the table as
 assumed; without an accelerator a line says why the cost is left out.
+`--memory`: per stage, the micro-batch `micro_batch: auto` would pick on that card and the per-rank
+peak of one step there, from the analytic model and from torch's memory tracker run over the real
+engine and step on fake tensors (clipav2.train.memory_estimate; docs/performance.md).
 """
 import json
 import sys
@@ -27,13 +31,17 @@ def add_arguments(parser):
     rate.add_argument("--samples-per-s", type=float, dest="samples_per_s",
                       help="measured samples/s PER GPU on the first stage (e.g. from clipav2 bench); later stages scale by FLOPs")
     parser.add_argument("--price", help="USD per GPU-hour (default: the price table, or cost.price_per_gpu_hour)")
+    parser.add_argument("--memory", action="store_true",
+                        help="per-rank memory of each stage: the analytic model beside torch's tracker (runs one step per stage on fake tensors)")
+    parser.add_argument("--full-depth", action="store_true", dest="full_depth",
+                        help="with --memory: track the whole model (minutes) instead of two or three blocks per tower extrapolated")
 
 
 def _hardware(args, cfg):
     """The hardware to cost on; None when nothing asks for cost; a note (str) when the recipe's
     accelerator cannot be costed without a measured rate."""
     from clipav2.cost.plan import Hardware
-    from clipav2.cost.prices import get_accelerator, parse_price
+    from clipav2.accelerators import get_accelerator, parse_price
 
     gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else None)
     flags = any(v is not None for v in (args.gpu, args.gpus, args.mfu, args.samples_per_s, args.price))
@@ -112,11 +120,49 @@ def _print_resolved(args) -> int:
     return exitcodes.OK
 
 
+def _memory(args) -> int:
+    import time
+
+    from clipav2.train import memory_estimate as me
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else "h100")
+        from clipav2.accelerators import get_accelerator
+
+        card = get_accelerator(gpu).name
+        if card not in me.DEVICE_BYTES:
+            raise ValueError(f"--gpu: no memory size known for {card}; one of {', '.join(me.DEVICE_BYTES)}")
+        gpus = 8 if args.gpus is None else args.gpus
+        if gpus < 1:
+            raise ValueError(f"--gpus: {gpus} must be >= 1")
+        if cfg.parallel.strategy == "deepspeed":
+            raise ValueError("--memory: the tracker follows single, ddp and fsdp; DeepSpeed owns its memory (set parallel.strategy)")
+        cfg.validate(gpus)
+    except (ConfigError, ValueError) as e:
+        print(f"clipav2 plan: {e}", file=sys.stderr)
+        return exitcodes.CONFIG
+    from clipav2.train.metrics import quiet_library_warnings
+
+    quiet_library_warnings()  # the loss's autograd all_gather is deprecated: nothing to act on here
+    rows, cache, t = [], {}, time.perf_counter()
+    for index in range(len(cfg.stages)):
+        rows.append(me.compare(cfg, index, gpus, me.DEVICE_BYTES[card], args.full_depth, tracked=cache))
+    seconds = time.perf_counter() - t
+    if args.json:
+        print(json.dumps({"gpu": card, "gpus": gpus, "full_depth": args.full_depth, "seconds": seconds, "stages": rows}, indent=1))
+        return exitcodes.OK
+    print(me.render(rows, card, gpus, cfg.parallel.strategy, args.full_depth, seconds))
+    return exitcodes.OK
+
+
 def main(args) -> int:
+    if args.memory:
+        return _memory(args)
     if args.resolved:
         return _print_resolved(args)
     from clipav2.cost.plan import plan
-    from clipav2.cost.prices import PriceError
+    from clipav2.accelerators import PriceError
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -16,6 +16,35 @@ def add_arguments(parser) -> None:
                         help="start over in RUN_DIR: its old state is moved to RUN_DIR/previous/<time>/ (never deleted)")
 
 
+def launcher_world_size() -> int:
+    """The world size the launcher promises (clipav2.launcher), its variables checked with the
+    config, before any process group exists."""
+    from clipav2.launcher import LauncherEnvError, launcher_world_size as promised
+
+    try:
+        return promised()
+    except LauncherEnvError as e:
+        raise ConfigError(f"launcher environment: {e}") from None
+
+
+def check_run_dir(cfg) -> None:
+    """RUN_DIR must be a directory this process can create and write: an empty value would put a
+    run's files in the working directory, a file or an unwritable place fails only after startup."""
+    from pathlib import Path
+
+    if not str(cfg.run_dir).strip():
+        raise ConfigError("run_dir: empty; name the run's directory, e.g. run_dir=runs/demo")
+    path = Path(cfg.run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir: {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"run_dir: cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"run_dir: {path} is not writable")
+
+
 def check_text(cfg) -> None:
     """The vocabulary and each stage's text reduction (NLTK data for the syntax masks) load now,
     not after the model and the engine are up."""
@@ -53,13 +82,12 @@ def _say(message: str) -> None:
 
 
 def main(args) -> int:
-    from clipav2.parallel.env import launcher_world_size
-
     try:
         cfg = load_config(args.config, args.overrides, world_size=launcher_world_size(), check_data=True)
         if args.stage is not None:
             check_start(cfg, args.stage)
         check_text(cfg)
+        check_run_dir(cfg)  # last: it creates RUN_DIR
     except ConfigError as e:
         print(f"clipav2 train: {e}", file=sys.stderr)
         return exitcodes.CONFIG

@@ -6,7 +6,7 @@ writing; `inherit.py`: recipes that start from another).
 
 Every error is a `ConfigError` whose message names the key and the allowed values.
 """
-from clipav2.config.load import apply_override, check_data_paths, load_config, save_config, to_dict, to_yaml
+from clipav2.config.load import apply_override, check_data_paths, load_config, parse_yaml, save_config, to_dict, to_yaml
 from clipav2.config.schema import (
     SECTIONS,
     AugmentConfig,
@@ -21,8 +21,9 @@ from clipav2.config.schema import (
     ModelConfig,
     ParallelConfig,
     StageConfig,
+    read_deepspeed_json,
 )
 
 __all__ = ["SECTIONS", "AugmentConfig", "CheckpointConfig", "Config", "ConfigError", "CostConfig", "DataConfig",
            "EvalConfig", "FaultConfig", "LogConfig", "ModelConfig", "ParallelConfig", "StageConfig", "apply_override",
-           "check_data_paths", "load_config", "save_config", "to_dict", "to_yaml"]
+           "check_data_paths", "load_config", "parse_yaml", "read_deepspeed_json", "save_config", "to_dict", "to_yaml"]

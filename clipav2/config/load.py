@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from clipav2.config.schema import Config, ConfigError
+from clipav2.config.schema import Config, ConfigError, _short
+
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -28,9 +29,9 @@ def _as_float(value, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
     if not math.isfinite(value):  # NaN passes every range check, inf breaks the schedule
-        raise ConfigError(f"{key}: {value!r} is not a finite number")
+        raise ConfigError(f"{key}: {_short(value)} is not a finite number")
     return float(value)
 
 
@@ -38,19 +39,21 @@ def _as_int(value, key: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+    if not -MAX_INT < value < MAX_INT:
+        raise ConfigError(f"{key}: an integer of {len(str(abs(value)))} digits is out of range (at most 2**63 - 1)")
     return value
 
 
 def _as_bool(value, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
     return value
 
 
 def _as_str(value, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     return value
 
 
@@ -79,12 +82,12 @@ def _coerce(value, tp, key: str):
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {_short(value)}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_short(value)}")
         names = [v.get("name") if isinstance(v, dict) else None for v in value]
         return [_coerce(v, arg, f"{key}.{n}" if n else f"{key}[{i}]") for i, (v, n) in enumerate(zip(value, names))]
     if tp in _SCALARS:
@@ -96,13 +99,14 @@ def _build(cls, data, prefix: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields, key=str)  # keys may be numbers, null, dates
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(sorted(fields))}")
+        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else _short(unknown[0])
+        raise ConfigError(f"{where}{name}: unknown key; allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -110,8 +114,32 @@ def _build(cls, data, prefix: str):
     return cls(**kwargs)
 
 
+MAX_DEPTH = 64  # nesting levels of a recipe (ours use 4)
+MAX_NODES = 100_000  # values of a recipe with its aliases expanded (ours have a few hundred)
+MAX_INT = 2**63  # what every integer setting must stay under (a seed, a sample count)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last), a
+    document nested deeper than MAX_DEPTH (PyYAML recurses) and one whose aliases expand to more
+    than MAX_NODES values (a few hundred bytes of `&a [*b, *b, ...]` can stand for billions)."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node):
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to {expanded:,} values (at most {MAX_NODES:,})", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -124,8 +152,48 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse_scalar(text: str):
-    return yaml.safe_load(text) if text.strip() else ""
+def _expanded_size(node, memo: dict) -> int:
+    """How many values `node` stands for once every alias is expanded (shared nodes counted per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node reached again while being sized (a recursive alias) counts once
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_NODES + 1)
+    return memo[id(node)]
+
+
+def parse_yaml(text, where: str):
+    """One YAML document of `text` (str or bytes), or a ConfigError naming `where` and the reason:
+    not UTF-8, not YAML, nested too deep, an alias bomb, an integer of thousands of digits."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+    except (ValueError, IndexError, TypeError, OverflowError, RecursionError) as e:
+        # a tagged or oversized scalar PyYAML's constructors fail on: `!!int` of nothing, a number
+        # longer than Python's digit limit, `!!float x`...
+        reason = " ".join(str(e).split(":")[0].split()) or type(e).__name__
+        raise ConfigError(f"{where}: a value that cannot be read ({reason})") from None
+
+
+def _parse_scalar(text: str, item: str):
+    """An override's value: one line of YAML."""
+    if "\n" in text or "\r" in text:
+        raise ConfigError(f"override {_short(item.splitlines()[0])}...: a value must be one line")
+    return parse_yaml(text, f"override {_short(item)}") if text.strip() else ""
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -154,7 +222,9 @@ def apply_override(raw: dict, item: str) -> None:
             node = node.setdefault(part, {} if parts[i + 1] != "stages" else [])
     if isinstance(node, list):
         raise ConfigError(f"{dotted}: address a stage by name, e.g. stages.pretrain.samples=4096")
-    node[parts[-1]] = _parse_scalar(text)
+    if not isinstance(node, dict):
+        raise ConfigError(f"{'.'.join(parts[:-1])}: is {node!r}, not a mapping; {dotted} cannot be set")
+    node[parts[-1]] = _parse_scalar(text, item)
 
 
 def load_config(path=None, overrides=(), world_size: int | None = None, check_data: bool = False) -> Config:
@@ -183,9 +253,10 @@ def load_config(path=None, overrides=(), world_size: int | None = None, check_da
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    raw = parse_yaml(data, f"config: {path}") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level")
     return raw

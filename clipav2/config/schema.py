@@ -7,18 +7,34 @@ Every error is a `ConfigError` whose message names the key and the allowed value
 """
 from __future__ import annotations
 
+import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key."""
+    """A bad configuration: the message is one line naming the key (whitespace a key or value
+    brought in, newlines included, is folded so it stays one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _short(value) -> str:
+    """A value's repr for an error line, cut short (a recipe's value may be huge)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: {_short(value)} is not one of {', '.join(map(str, allowed))}")
 
 
 def _positive(key: str, value) -> None:
@@ -37,6 +53,79 @@ def _owned(key: str, check, *args) -> None:
         check(*args)
     except ValueError as e:
         raise ConfigError(f"{key}.{e}" if str(e).split(":")[0].isidentifier() else f"{key}: {e}") from None
+
+
+def _host_memory() -> int:
+    """Bytes of RAM on this machine (what no single tensor of a run can exceed)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_memory(key: str, stage, arch, micro: int) -> None:
+    """A stage whose inputs or position tables alone exceed this machine's memory (a typo'd
+    image_size or text_len) is refused now, not by an allocation failure after the build."""
+    memory = _host_memory()
+    tokens = (stage.image_size // arch.vision.patch_size) ** 2
+    needs = {"image_size": max(micro * 3 * stage.image_size**2, tokens * arch.vision.width * 4),
+             "text_len": stage.text_len * max(arch.text.width * 4, micro * 8)}
+    for name, bytes_ in needs.items():
+        if bytes_ > memory:
+            raise ConfigError(f"{key}.{name}: {getattr(stage, name)} needs {bytes_ / 2**30:,.0f} GiB for its inputs "
+                              f"or position table alone; this machine has {memory / 2**30:,.0f} GiB")
+
+
+def _wandb_login() -> bool:
+    """True if wandb can log without asking: an API key, an offline/disabled mode, or a netrc
+    entry from `wandb login`."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The user's DeepSpeed JSON (`parallel.deepspeed_config`): a mapping, or a ConfigError."""
+    import json
+
+    key = "parallel.deepspeed_config"
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no such file {path!r}")
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{key}: {path} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: {path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+# what the recipe decides, so a user's DeepSpeed JSON may not say otherwise
+DEEPSPEED_OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def check_deepspeed_json(cfg, world_size: int) -> None:
+    """The user's JSON agrees with the recipe on each stage's batch split and the ZeRO stage."""
+    user = read_deepspeed_json(cfg.parallel.deepspeed_config)
+    zero = user.get("zero_optimization", {})
+    if isinstance(zero, dict) and "stage" in zero and zero["stage"] != cfg.parallel.zero_stage:
+        raise ConfigError(f"parallel.deepspeed_config: zero_optimization.stage {zero['stage']!r} conflicts with "
+                          f"parallel.zero_stage {cfg.parallel.zero_stage}; set the ZeRO stage in the recipe only")
+    for stage in cfg.stages:
+        micro, accum = cfg.batch_split(stage, world_size)
+        ours = dict(zip(DEEPSPEED_OWNED, (stage.global_batch, micro, accum)))
+        for name in DEEPSPEED_OWNED:
+            if name in user and user[name] != ours[name] and cfg.parallel.micro_batch != "auto":
+                raise ConfigError(f"parallel.deepspeed_config: {name} {user[name]!r} conflicts with stage {stage.name} "
+                                  f"({name} {ours[name]} from global_batch, micro_batch and world size); "
+                                  "set batch sizes in the recipe only")
+
+
+MAX_PREFETCH = 256  # batches each loader worker keeps ready: beyond this only memory grows
 
 
 @dataclass
@@ -85,6 +174,13 @@ class DataConfig:
     def validate(self, key: str) -> None:
         for name in ("workers", "shuffle_buffer", "prefetch"):
             _non_negative(f"{key}.{name}", getattr(self, name))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if self.workers is not None and self.workers > 4 * cpus:
+            raise ConfigError(f"{key}.workers: {self.workers} loader processes per rank on {cpus} CPUs would only "
+                              f"compete for them (at most {4 * cpus} here); leave data.workers unset to use what there is")
+        if self.prefetch > MAX_PREFETCH:
+            raise ConfigError(f"{key}.prefetch: {self.prefetch} batches per worker; at most {MAX_PREFETCH} "
+                              "(more only holds more memory)")
         if self.vocab is not None and not Path(self.vocab).is_file():
             raise ConfigError(f"{key}.vocab: no such file {self.vocab!r}")
 
@@ -118,8 +214,8 @@ class ParallelConfig:
         for name in ("grad_accum", "hsdp_shard_size"):
             if getattr(self, name) is not None:
                 _positive(f"{key}.{name}", getattr(self, name))
-        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
-            raise ConfigError(f"{key}.deepspeed_config: no such file {self.deepspeed_config!r}")
+        if self.deepspeed_config is not None:
+            read_deepspeed_json(self.deepspeed_config)
         _positive(f"{key}.timeout_minutes", self.timeout_minutes)
         if self.strategy == "deepspeed":
             import importlib.util
@@ -164,6 +260,9 @@ class LogConfig:
 
             if importlib.util.find_spec("wandb") is None:
                 raise ConfigError(f"{key}.wandb: {self.wandb!r} needs the wandb package (pip install wandb), which is not installed")
+            if not _wandb_login():
+                raise ConfigError(f"{key}.wandb: {self.wandb!r} needs a Weights & Biases login: run `wandb login`, "
+                                  "set WANDB_API_KEY, or set WANDB_MODE=offline")
 
 
 @dataclass
@@ -194,12 +293,19 @@ class FaultConfig:
 
 @dataclass
 class CostConfig:
-    gpu: str = "auto"  # auto (from the device name) | a key of clipav2.cost.prices
+    gpu: str = "auto"  # auto (from the device name) | a key of clipav2.accelerators
     price_per_gpu_hour: typing.Optional[float] = None
     budget_usd: typing.Optional[float] = None
     stop_fraction: float = 1.0
 
     def validate(self, key: str) -> None:
+        from clipav2.accelerators import PriceError, get_accelerator
+
+        if self.gpu != "auto":
+            try:
+                get_accelerator(self.gpu)
+            except PriceError as e:
+                raise ConfigError(f"{key}.gpu: {e}") from None
         _non_negative(f"{key}.price_per_gpu_hour", self.price_per_gpu_hour)
         if self.budget_usd is not None:
             _positive(f"{key}.budget_usd", self.budget_usd)
@@ -234,6 +340,9 @@ class AugmentConfig:
             raise ConfigError(f"{key}.color_jitter: {self.color_jitter} must be >= 0 with hue <= 0.5")
 
 
+MAX_SANE = 1.0  # of a stage's peak LR and weight decay (CLIPA's are 1e-3 and 0.2)
+
+
 @dataclass
 class StageConfig:
     name: str = "pretrain"
@@ -261,6 +370,9 @@ class StageConfig:
     # "learned": from this stage on the image position table is learned, starting from its
     # current (sin-cos) values resampled to the stage's grid (CLIPA v1 fine-tuning, --pos-embed learnable)
     pos_embed: typing.Optional[str] = None
+    # A peak LR or a weight decay above 1 diverges (loss NaN, weights ~1e29) and is refused as a
+    # typo unless this is true.
+    force_optimizer_range: bool = False
 
     @property
     def steps(self) -> int:
@@ -290,6 +402,11 @@ class StageConfig:
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{key}.betas: {self.betas} must each be in [0, 1)")
         _non_negative(f"{key}.weight_decay", self.weight_decay)
+        if not self.force_optimizer_range and (self.peak_lr > MAX_SANE or self.weight_decay > MAX_SANE):
+            what = (f"peak LR {self.peak_lr:g} (lr_base {self.lr_base:g} x global_batch {self.global_batch} / "
+                    f"lr_base_batch {self.lr_base_batch})" if self.peak_lr > MAX_SANE else f"weight_decay {self.weight_decay:g}")
+            raise ConfigError(f"{key}: {what} is above {MAX_SANE:g}, where training diverges; set "
+                              f"{key}.force_optimizer_range=true to run it anyway")
         self._validate_sources(key)
         self.augment.validate(f"{key}.augment")
 
@@ -356,15 +473,19 @@ class Config:
             self.parallel.validate_world("parallel", world_size)
         if not self.stages:
             raise ConfigError("stages: a recipe needs at least one stage")
-        patch = ARCHITECTURES[self.model.name].vision.patch_size
+        arch = ARCHITECTURES[self.model.name]
+        patch = arch.vision.patch_size
         seen = set()
         for i, s in enumerate(self.stages):
             s.validate(f"stages.{s.name}" if s.name else f"stages[{i}]", self.model.name, patch)
+            _check_fits_memory(f"stages.{s.name}", s, arch, self.micro_batch_of(s, world_size or 1))
             if s.name in seen:
                 raise ConfigError(f"stages.{s.name}.name: duplicate stage name")
             seen.add(s.name)
             if world_size is not None:
                 self._check_split(s, world_size)
+        if self.parallel.strategy == "deepspeed" and self.parallel.deepspeed_config:
+            check_deepspeed_json(self, world_size or 1)
         return self
 
     def micro_batch_setting(self, stage: StageConfig) -> int | str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 
 def peak_tflops(device_name: str) -> float | None:
-    """The chip's dense bf16 peak in TFLOP/s from the one accelerator table (`clipav2.cost.prices`:
+    """The chip's dense bf16 peak in TFLOP/s from the one accelerator table (`clipav2.accelerators`:
     A100 312, H100 SXM 989, H200 989), or None for a chip without one (the CPU, an unknown GPU)."""
-    from clipav2.cost.prices import detect_accelerator, get_accelerator
+    from clipav2.accelerators import detect_accelerator, get_accelerator
 
     key = detect_accelerator(device_name)
     peak = get_accelerator(key).peak_flops if key else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from clipav2.config import Config
-from clipav2.cost.prices import Accelerator
+from clipav2.accelerators import Accelerator
 from clipav2.stage import resolve
 
 

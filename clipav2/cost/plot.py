@@ -65,7 +65,7 @@ def plan_curve(run: RunData, order: list[str], offsets: dict) -> list[tuple[floa
     if not stepping or not first["samples"]:
         return None
     from clipav2.cost.plan import Hardware, plan
-    from clipav2.cost.prices import Accelerator
+    from clipav2.accelerators import Accelerator
 
     hw = Hardware(Accelerator(run.ledger.accelerator, run.ledger.price, None, "run"), run.ledger.gpus,
                   run.ledger.price, samples_per_s_per_gpu=first["samples"] / stepping)

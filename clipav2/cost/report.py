@@ -24,7 +24,7 @@ def _stage_flops(run: RunData) -> dict:
 
 
 def _peak_flops(run: RunData):
-    from clipav2.cost.prices import PriceError, get_accelerator
+    from clipav2.accelerators import PriceError, get_accelerator
 
     try:
         return get_accelerator(run.ledger.accelerator).peak_flops

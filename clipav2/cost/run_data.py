@@ -7,9 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from clipav2.config import Config, ConfigError, load_config
+from clipav2.config import Config, ConfigError, load_config, parse_yaml
 from clipav2.cost import ledger as ledger_mod
 from clipav2.cost.ledger import Ledger
 
@@ -70,10 +68,10 @@ def _read_config(path: Path, notes: list) -> Config | None:
         notes.append("no config.yaml: planned samples, budget and projection are unavailable")
         return None
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_bytes(), str(path)) or {}
         overrides = ["parallel.deepspeed_config=null", "data.vocab=null"]
         overrides += [f"stages.{s['name']}.init_from=null" for s in raw.get("stages", []) if isinstance(s, dict) and s.get("name")]
         return load_config(path, overrides)
-    except (ConfigError, yaml.YAMLError, AttributeError, TypeError) as e:
+    except (ConfigError, AttributeError, TypeError) as e:
         notes.append(f"config.yaml not usable ({str(e).splitlines()[0]}): plan and projection are unavailable")
         return None

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipav2.data.shards import expand_urls
 from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
 from clipav2.data.transforms import TrainTransform
+from clipav2.signals import quiet_worker, start_workers
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -80,12 +81,12 @@ class TrainLoader:
         dataset = _RankStreams(spec, self.rank * self.n_local, self.n_local, self.delivered % self.n_local,
                                [dict(s) for s in self.states], self.batch_size, self.image_transform, self.text_transform)
         extra = {"persistent_workers": True, "prefetch_factor": max(1, self.prefetch),
-                 "worker_init_fn": _ignore_ctrl_c} if self.workers else {}
+                 "worker_init_fn": quiet_worker} if self.workers else {}
         return DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory, **extra)
 
     def __iter__(self):
         if self._iterator is None:
-            self._iterator = iter(self._dataloader())
+            self._iterator = start_workers(self._dataloader())
         for batch in self._iterator:
             self.states[batch.pop("_stream")] = batch.pop("_state")
             self.delivered += 1
@@ -112,13 +113,14 @@ class TrainLoader:
     def load_state_dict(self, state: dict) -> None:
         """This rank's own saved state resumes exactly. After a change of layout (world size,
         workers, shards, seed, shuffle buffer), any rank's saved state starts a new generation."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        _check_state(state)
         self.close()
         if state["layout"] == self.layout:
             if state["rank"] != self.rank:
                 raise ValueError(f"data loader state of rank {state['rank']} given to rank {self.rank}: "
                                  "with an unchanged world size each rank resumes from its own state")
+            if len(state["streams"]) != self.n_local:
+                raise ValueError(f"data loader state of {len(state['streams'])} streams given to {self.n_local} workers")
             self.generation, self.delivered = state["generation"], state["delivered"]
             self.states = [dict(s, skipped=dict(s["skipped"])) for s in state["streams"]]
             return
@@ -128,6 +130,25 @@ class TrainLoader:
         if self.rank == 0:
             log.warning("data: %s changed since the checkpoint; starting data generation %d (fresh epochs, "
                         "no record read twice within an epoch)", ", ".join(changed), self.generation)
+
+
+def _check_state(state) -> None:
+    """A saved loader state of the shape `state_dict` writes (BadState, a ValueError, if not)."""
+    from clipav2.json_shape import count, mapping, need
+
+    mapping(state, "data state")
+    need(state.get("version") == STATE_VERSION, "data state version", state.get("version"), str(STATE_VERSION))
+    mapping(state.get("layout"), "data state layout")
+    for field in ("rank", "generation", "delivered"):
+        count(state.get(field), f"data state {field}")
+    streams = state.get("streams")
+    need(isinstance(streams, list), "data state streams", streams, "a list of stream states")
+    for i, stream in enumerate(streams):
+        mapping(stream, f"data state streams[{i}]")
+        count(stream.get("epoch"), f"data state streams[{i}].epoch")
+        count(stream.get("position"), f"data state streams[{i}].position")
+        for reason, n in mapping(stream.get("skipped"), f"data state streams[{i}].skipped").items():
+            count(n, f"data state streams[{i}].skipped.{reason}")
 
 
 def loader_workers(data_cfg, device) -> int:
@@ -177,10 +198,3 @@ def host_memory_note(loader, stage) -> str:
 def build_train_loader(cfg, stage, world, text_transform, state=None) -> TrainLoader:
     return TrainLoader(cfg, stage, world, text_transform, state)
 
-
-def _ignore_ctrl_c(worker_id: int) -> None:
-    """Workers leave Ctrl-C (sent to the whole process group) to the training process, which
-    checkpoints first (clipav2.train.faults)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

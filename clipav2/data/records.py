@@ -3,10 +3,14 @@ can be bad raises `BadRecord(reason)`, which the stream counts and skips."""
 from __future__ import annotations
 
 import io
+import math
+import unicodedata
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from clipav2.data.shards import OVERSIZED
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Deliberate limits: a 1x1 pixel carries nothing, and a 50 MP header is a decompression bomb
@@ -14,6 +18,10 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # raises) is looser; ours is checked on the header, before any pixel is decoded.
 MIN_SIDE = 8
 MAX_PIXELS = 50_000_000
+# What of a caption reaches the tokenizer: CLIPA keeps a few dozen tokens, and 4,096 characters are
+# several hundred words; a longer caption (up to the 1 MiB member limit) is cut here, so no tokenizer
+# ever sees megabytes of text.
+MAX_CAPTION_CHARS = 4096
 
 REASONS = (
     "missing_image",  # a record with no jpg/png/webp member
@@ -22,11 +30,12 @@ REASONS = (
     "image_too_small",  # a side below MIN_SIDE
     "image_too_large",  # more than MAX_PIXELS (decompression-bomb limit)
     "missing_caption",  # no txt member
-    "empty_caption",  # only whitespace
+    "empty_caption",  # nothing visible: whitespace, control characters, NUL, zero-width spaces
     "bad_caption_encoding",  # not UTF-8
     "truncated_tar",  # a shard that ends mid-record (counted once per shard)
     "unreadable_shard",  # a shard that cannot be opened
     "duplicate_key",  # a record whose key repeats the one just before it (dropped, not merged)
+    "member_too_large",  # a member over its read limit (clipav2.data.shards.member_limit): never read
     "unsafe_key",  # a key that would make a member name absolute or climb out with '..' (shard writer)
 )
 
@@ -38,23 +47,37 @@ class BadRecord(Exception):
         self.reason = reason
 
 
+def _check_members(record: dict) -> None:
+    if OVERSIZED in record:
+        raise BadRecord("member_too_large", f"members {record[OVERSIZED]}")
+
+
 def image_bytes(record: dict) -> bytes:
+    _check_members(record)
     for ext in IMAGE_EXTS:
         if ext in record:
             return record[ext]
     raise BadRecord("missing_image", f"members {sorted(record)}")
 
 
+def visible(text: str) -> bool:
+    """Does `text` hold one character that is not a control, format (zero-width space, BOM),
+    separator or combining mark? NUL-only or zero-width-only captions tokenize to nothing."""
+    return any(unicodedata.category(c)[0] not in "CZM" and not c.isspace() for c in text)
+
+
 def caption(record: dict) -> str:
+    """The record's caption, cut to MAX_CAPTION_CHARS."""
+    _check_members(record)
     if "txt" not in record:
         raise BadRecord("missing_caption")
     try:
         text = record["txt"].decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadRecord("bad_caption_encoding", str(e)) from None
-    text = text.strip()
-    if not text:
-        raise BadRecord("empty_caption")
+    text = text.strip()[:MAX_CAPTION_CHARS]
+    if not visible(text):
+        raise BadRecord("empty_caption", f"{len(text)} characters, none visible")
     return text
 
 
@@ -75,6 +98,10 @@ def open_image(data: bytes) -> Image.Image:
         raise BadRecord("image_too_small", f"{w}x{h}")
     if w * h > MAX_PIXELS:
         raise BadRecord("image_too_large", f"{w}x{h}")
+    if img.format == "JPEG" and 8 * len(data) < math.ceil(w / 8) * math.ceil(h / 8):
+        # Huffman coding spends at least one bit on every 8x8 block (its DC code), so fewer bits than
+        # blocks means the scan ends early: libjpeg would pad the rest with grey and only warn
+        raise BadRecord("corrupt_image", f"truncated: {len(data)} bytes cannot hold a {w}x{h} JPEG")
     return img
 
 

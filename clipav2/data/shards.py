@@ -13,6 +13,13 @@ from pathlib import Path
 
 import braceexpand
 
+# What is read of one member: a caption, JSON or label is a few kB and an image file a few MB; a
+# member larger than this (a 50 MB caption, a sparse member claiming 1 TB) is not read at all: its
+# record is skipped and counted as "member_too_large" (clipav2.data.records).
+MAX_TEXT_MEMBER = 1 << 20
+MAX_IMAGE_MEMBER = 1 << 27
+OVERSIZED = "__oversized__"  # the record's entry listing the members left unread
+
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "sftp://", "scp://", "ais://")
 _GLOB_CHARS = set("*?[")
 
@@ -87,8 +94,30 @@ def _split_name(name: str):
     return (f"{head}/{stem}" if head else stem), ext
 
 
+def member_limit(ext: str) -> int:
+    return MAX_IMAGE_MEMBER if ext in ("jpg", "jpeg", "png", "webp") else MAX_TEXT_MEMBER
+
+
+class _StopAtEnd:
+    """A shard's bytes that raise EOFError when read again after their end. tarfile skips an unread
+    member in stream mode by reading forward block by block; a header claiming 1 TB in a short file
+    would otherwise mean ~10^8 empty reads (hours) before the next header."""
+
+    def __init__(self, stream):
+        self.stream, self.ended = stream, False
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        if not data and size != 0:
+            if self.ended:
+                raise EOFError("read past the end of the shard")
+            self.ended = True
+        return data
+
+
 def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
-    """Yield (key, {ext: bytes}) for the records of one shard whose index % nsub == sub.
+    """Yield (key, {ext: bytes}) for the records of one shard whose index % nsub == sub; a
+    member over `member_limit` is not read but named in the record's OVERSIZED list.
     Never raises for bad data: a shard that cannot be opened or holds no tar header appends
     "unreadable_shard" to `events`, a tar that ends early "truncated_tar" (the record cut off
     is dropped, the ones before it are kept)."""
@@ -99,7 +128,7 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
         return
     index, key, record, seen, duplicate = 0, None, {}, False, False
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        tar = tarfile.open(fileobj=_StopAtEnd(stream), mode="r|*")
         for member in tar:
             seen = True
             if not member.isreg():
@@ -121,7 +150,9 @@ def iter_records(url: str, events: list, sub: int = 0, nsub: int = 1):
                         yield key, record
                     index += 1
                 key, record = prefix, {}
-            if index % nsub == sub:  # other slices' data is skipped by the stream reader
+            if index % nsub == sub and member.size > member_limit(ext.lower()):
+                record.setdefault(OVERSIZED, []).append(ext.lower())
+            elif index % nsub == sub:  # other slices' data is skipped by the stream reader
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise EOFError(f"{member.name} cut short")

@@ -155,7 +155,9 @@ class Batches:
         self.loader, self.path, self.classes, self.skipped = loader, path, classes, 0
 
     def __iter__(self):
-        for images, targets, skipped in self.loader:
+        from clipav2.signals import start_workers
+
+        for images, targets, skipped in start_workers(self.loader):
             self.skipped += skipped
             if images is None:
                 continue
@@ -173,7 +175,10 @@ def _loader(dataset, batch_size, workers, targets):
         images, found = zip(*good)
         return torch.stack(images), targets(list(found)), len(items) - len(good)
 
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    from clipav2.signals import quiet_worker
+
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                      worker_init_fn=quiet_worker if workers else None)
 
 
 def classification_batches(path: str, image_size: int, kind: str, batch_size: int, workers: int = 0,

@@ -98,6 +98,13 @@ class Engine:
     def load(self, path: Path, optimizer) -> None:
         raise NotImplementedError
 
+    def check_files(self, directory) -> None:
+        """Read and admit what this rank's `load` would unpickle, before `load` enters any collective
+        (so a refusal is agreed on by every rank, not met by one inside the engine): here DCP's index."""
+        from clipav2.parallel.dcp_io import checked_reader
+
+        checked_reader(Path(directory) / "state")
+
     def full_state_dict(self) -> dict:
         raise NotImplementedError
 

@@ -18,10 +18,13 @@ import pickle
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from clipav2 import compat
-from clipav2.safe_load import UnsafeCheckpoint, one_line
+from clipav2.safe_load import UnsafeCheckpoint, check_tree, one_line
+
+MAX_BYTE_ITEM = 16 << 20  # a non-tensor item is a number or a short list (optimizer hyper-parameters)
 
 _DCP = "torch.distributed.checkpoint."
 _TORCH_CONSTANTS = {  # dtypes, layouts, memory formats: values, not callables
@@ -70,13 +73,18 @@ class SafeFileSystemReader(dcp.FileSystemReader):
     def _read_checked(self):
         path = compat.dcp_metadata_path(self)
         with self.fs.create_stream(path, "rb") as f:
-            try:
-                metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
-            except UnsafeCheckpoint:
-                raise
-            except Exception as e:  # a malformed pickle: refused like a dangerous one
-                raise UnsafeCheckpoint(f"{path} is not a DCP index ({type(e).__name__}: {e})") from None
-        for info in getattr(metadata, "storage_data", {}).values():
+            data = f.read()
+        try:
+            metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+        except UnsafeCheckpoint:
+            raise
+        except Exception as e:  # a malformed pickle: refused like a dangerous one
+            raise UnsafeCheckpoint(f"{path} is not a DCP index ({type(e).__name__}: {e})") from None
+        check_tree(metadata, len(data), f"the DCP index {path}")
+        if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict) \
+                or not isinstance(getattr(metadata, "storage_data", None), dict):
+            raise UnsafeCheckpoint(f"{path} is a {type(metadata).__name__} of the wrong shape, not a DCP index")
+        for info in metadata.storage_data.values():
             name = getattr(info, "relative_path", None)
             if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
                 raise UnsafeCheckpoint(f"checkpoint metadata names the shard {name!r}, which is not a file in {self.path}")
@@ -102,10 +110,14 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn
+        size = value.getbuffer().nbytes if isinstance(value, io.BytesIO) else None
+        if size is not None and size > MAX_BYTE_ITEM:
+            raise UnsafeCheckpoint(f"checkpoint item {fqn} is {size} bytes, over the {MAX_BYTE_ITEM}-byte limit")
         try:
             loaded = torch.load(value, weights_only=True)
         except Exception as e:
             raise UnsafeCheckpoint(f"checkpoint item {fqn} is not plain data ({one_line(e)})") from None
+        check_tree(loaded, size or MAX_BYTE_ITEM, f"checkpoint item {fqn}")
         if not _plain(loaded):
             raise UnsafeCheckpoint(f"checkpoint item {fqn} is a {type(loaded).__name__}, not plain data")
         compat.dcp_store_item(self, fqn, loaded)

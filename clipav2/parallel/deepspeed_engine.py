@@ -50,24 +50,28 @@ def deepspeed_config(parallel, shape, precision: str) -> dict:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    if parallel.deepspeed_config:
+    if parallel.deepspeed_config:  # a JSON object: checked with the config (read_deepspeed_json)
         with open(parallel.deepspeed_config) as f:
             ours = merge(ours, json.load(f))
     return ours
 
 
-def _safe_checkpoint_engine(engine_cls):
-    """DeepSpeed's torch checkpoint engine, loading with weights_only=True."""
+def safe_load(path, map_location=None, mmap: bool = False):
+    """torch.load with weights_only=True, admitting DeepSpeed's few checkpoint classes."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    allowed = [LossScaler, ZeroStageEnum, fragment_address]
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def _safe_checkpoint_engine(engine_cls):
+    """DeepSpeed's torch checkpoint engine, loading with weights_only=True."""
 
     class SafeEngine(engine_cls):
         def load(self, path, map_location=None):
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location=map_location, weights_only=True)
+            return safe_load(path, map_location=map_location)
 
     return SafeEngine
 
@@ -118,6 +122,16 @@ class DeepSpeedEngine(Engine):
         )
         if load_path is None:
             raise FileNotFoundError(f"deepspeed: no checkpoint under {path / 'deepspeed'}")
+
+    def check_files(self, directory):
+        """Every file DeepSpeed's load will unpickle, split over the ranks, read as the load reads
+        it (mmap: the tensors' bytes are not read): a refused file is found before the load's
+        collectives, so no rank is left waiting in one."""
+        from pathlib import Path
+
+        files = sorted(p for p in (Path(directory) / "deepspeed").rglob("*.pt"))
+        for path in files[self.world.rank :: self.world.world_size]:
+            safe_load(path, map_location="cpu", mmap=True)
 
     def full_state_dict(self):
         """fp32 master weights gathered from the ZeRO partitions (a collective), kept on rank 0."""

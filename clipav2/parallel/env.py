@@ -1,5 +1,6 @@
-"""Who am I in the job? `init_distributed(cfg.parallel)` reads the launcher's environment and
-joins the process group. Three launchers are understood, by their environment variables alone:
+"""Who am I in the job? `init_distributed(cfg.parallel)` reads the launcher's environment and joins the
+process group. Three launchers are understood, by their environment variables alone (read and
+checked by clipav2.launcher):
 
 - torchrun and the `deepspeed` launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
 - SLURM `srun`: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of SLURM_NODELIST
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from clipav2.launcher import launcher_env
 
 
 @dataclass(frozen=True)
@@ -37,47 +39,6 @@ class World:
     def distributed(self) -> bool:
         """True when a process group exists (collectives may be called)."""
         return dist.is_available() and dist.is_initialized()
-
-
-def first_host(nodelist: str) -> str:
-    """The first hostname of a SLURM node list: "gpu[03-05,7],cpu1" -> "gpu03"."""
-    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not head:
-        raise ValueError(f"SLURM_NODELIST: cannot parse {nodelist!r}")
-    prefix, _, ranges = head.groups()
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
-
-
-def launcher_env(env=os.environ) -> dict | None:
-    """rank/world_size/local_rank/master_addr/master_port from the launcher, or None."""
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return {
-            "rank": int(env["RANK"]),
-            "world_size": int(env["WORLD_SIZE"]),
-            "local_rank": int(env.get("LOCAL_RANK", 0)),
-            "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
-            "master_port": env.get("MASTER_PORT", "29500"),
-        }
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return {
-            "rank": int(env["SLURM_PROCID"]),
-            "world_size": int(env["SLURM_NTASKS"]),
-            "local_rank": int(env.get("SLURM_LOCALID", 0)),
-            "master_addr": env.get("MASTER_ADDR") or first_host(env["SLURM_NODELIST"]),
-            "master_port": env.get("MASTER_PORT", "29500"),
-        }
-    return None
-
-
-def launcher_world_size(env=os.environ) -> int:
-    """The world size the launcher promises, read before any process group exists (so the batch
-    split is checked first): `launcher_env`'s, or a lone WORLD_SIZE; 1 without a launcher."""
-    info = launcher_env(env)
-    if info is not None:
-        return info["world_size"]
-    return int(env["WORLD_SIZE"]) if env.get("WORLD_SIZE", "").isdigit() else 1
 
 
 _HOST_GROUP = None

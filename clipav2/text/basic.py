@@ -11,21 +11,38 @@ python/ops/bert_tokenizer.py, `BasicTokenizer`):
      a word of its own.
 
 Steps 1-3 are `clipa_normalize` (Python's unicodedata: NFKC, casefold, NFKC, default ignorables
-dropped). Step 4 is the `tokenizers` library's BertPreTokenizer plus BertNormalizer's CJK
-isolation, which split the same way except on three Unicode spaces that NFKC leaves and
-tensorflow_text keeps inside a word (U+1680, U+2028, U+2029): those become U+FFFD, which keeps
-the word whole and out of the vocabulary, hence [UNK], as upstream.
+dropped), except for the code points in `tf_text_unnormalized.txt`: tensorflow_text 2.11's ICU 64
+(Unicode 12.1) predates them and leaves them as they are, where a newer Unicode would fold them
+(U+1FBF0 SEGMENTED DIGIT ZERO -> 0). Step 4 is `isolate_delimiters`, by tensorflow_text 2.11's own tables
+(`tf_text_delimiters.txt`, written by tools/make_tf_text_tables.py): the `tokenizers` library's
+BERT pre-tokenizer and CJK isolation use other Unicode tables (and start CJK Extension E at
+U+2B920, not U+2B820), so they would split ~380 code points differently.
 """
 import re
 import unicodedata
+from pathlib import Path
 
 # Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt): NFKC_Casefold maps them to nothing.
 _DEFAULT_IGNORABLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
     "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
-_KEPT_IN_WORD = {"\u1680": "\ufffd", "\u2028": "\ufffd", "\u2029": "\ufffd"}
 MAX_WORD_BYTES = 100  # tensorflow_text's max_bytes_per_word: a longer word is one [UNK]
+
+
+def _table_class(name: str) -> str:
+    """A regex character class of the code points in the table `name` (`first..last` lines), one
+    of those tools/make_tf_text_tables.py writes from tensorflow_text 2.11."""
+    parts = []
+    for line in Path(__file__).with_name(name).read_text(encoding="ascii").splitlines():
+        if line and not line.startswith("#"):
+            first, _, last = line.partition("..")
+            parts.append(f"\\U{int(first, 16):08x}" + (f"-\\U{int(last, 16):08x}" if last else ""))
+    return "[" + "".join(parts) + "]"
+
+
+_UNNORMALIZED = re.compile(f"({_table_class('tf_text_unnormalized.txt')})")
+_DELIMITER = re.compile(_table_class("tf_text_delimiters.txt"))
 
 
 def nfkc_casefold(text: str) -> str:
@@ -35,10 +52,23 @@ def nfkc_casefold(text: str) -> str:
 
 def clipa_normalize(text: str) -> str:
     """Steps 1-3 above, for text that is not plain printable ASCII (there they are `str.lower`)."""
+    if _UNNORMALIZED.search(text):  # normalise the runs between those code points, keep them
+        parts = _UNNORMALIZED.split(text)
+        return "".join(part if i % 2 else _normalize(part) for i, part in enumerate(parts))
+    return _normalize(text)
+
+
+def _normalize(text: str) -> str:
     out = []
     for c in unicodedata.normalize("NFD", nfkc_casefold(text)):
         category = unicodedata.category(c)
         if category == "Mn":
             continue
-        out.append(" " if category in ("Cc", "Cf") else _KEPT_IN_WORD.get(c, c))
+        out.append(" " if category in ("Cc", "Cf") else c)
     return "".join(out)
+
+
+def isolate_delimiters(normalized: str) -> str:
+    """Spaces around every punctuation mark and CJK ideograph, so that splitting on ASCII spaces
+    (the only whitespace left after `clipa_normalize`) gives tensorflow_text's words."""
+    return _DELIMITER.sub(r" \g<0> ", normalized)

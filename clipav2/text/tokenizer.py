@@ -19,7 +19,7 @@ from tokenizers import normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from clipav2.text import MODES
-from clipav2.text.basic import MAX_WORD_BYTES, clipa_normalize
+from clipav2.text.basic import MAX_WORD_BYTES, clipa_normalize, isolate_delimiters
 from clipav2.text.vocab import file_sha256, find_vocab
 
 
@@ -74,15 +74,14 @@ class Tokenizer:
         return self._entries
 
     def _build_backends(self):
-        def wordpiece(normalizer):
+        def wordpiece(normalizer, pre_tokenizer=pre_tokenizers.BertPreTokenizer()):
             backend = _Backend(WordPiece.from_file(self.vocab_path, unk_token="[UNK]", max_input_chars_per_word=100))
             backend.normalizer = normalizer
-            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            backend.pre_tokenizer = pre_tokenizer
             return backend
 
-        if self.mode == "clipa":  # `clipa_normalize` did the rest; the backend isolates CJK ideographs
-            full = wordpiece(normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=True,
-                                                        strip_accents=False, lowercase=False))
+        if self.mode == "clipa":  # `clipa_normalize` and `isolate_delimiters` did the rest
+            full = wordpiece(None, pre_tokenizers.Split(" ", "removed"))
         else:  # = BertWordPieceTokenizer(lowercase=True): clean text, split CJK, strip accents, lower-case.
             full = wordpiece(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True))
         # On printable ASCII that normalizer only lower-cases: str.lower() does it ~40% faster.
@@ -96,18 +95,17 @@ class Tokenizer:
 
     def encoding(self, caption):
         """(the backend's Encoding without special tokens, the text its offsets index: the caption
-        itself, or in `clipa` mode its normalised form when it is not printable ASCII)."""
+        itself, or in `clipa` mode when it is not printable ASCII its normalised form with a space
+        either side of each punctuation mark and CJK ideograph)."""
         text = as_text(caption)
         full, ascii_only = self._backends or self._build_backends()
         if text.isascii() and text.isprintable():
             return ascii_only.encode(text.lower(), add_special_tokens=False), text
-        if self.mode == "clipa":
-            text = clipa_normalize(text)
+        normalized = isolate_delimiters(clipa_normalize(text)) if self.mode == "clipa" else text
         try:
-            return full.encode(text, add_special_tokens=False), text
+            return full.encode(normalized, add_special_tokens=False), normalized
         except TypeError:  # lone surrogates (e.g. from surrogateescape decoding) are not encodable
-            text = text.encode("utf-8", "replace").decode("utf-8")
-            return full.encode(text, add_special_tokens=False), text
+            return self.encoding(text.encode("utf-8", "replace").decode("utf-8"))
 
     def words(self, caption, only_over: int = -1) -> tuple[list[int], list[int] | None]:
         """(piece ids, the index of the word each piece belongs to): words as the basic tokenizer

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.parallel.env import any_rank
-from clipav2.safe_load import one_line, weights_only_loads
+from clipav2.safe_load import code_error, one_line, read_json, weights_only_loads
+from clipav2.train.state_check import check_extra, check_strategy_meta
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
@@ -130,10 +131,11 @@ def _checksums(directory: Path, world) -> dict:
 def verify(directory: Path, world=None) -> str | None:
     """None if `directory` matches its manifest, else why not (the same answer on every rank)."""
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-        expected = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        problem = f"unreadable manifest ({e})"
+        expected = read_json(directory / MANIFEST)["files"]
+        if not all(isinstance(k, str) and isinstance(v, list) and len(v) == 2 for k, v in expected.items()):
+            raise TypeError("files is not {name: [size, crc32]}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        problem = f"unreadable manifest ({one_line(e)})"
     else:
         problem = None
     problem = _all_gather_json(world, problem)[0]  # rank 0's view decides for everyone
@@ -179,14 +181,17 @@ def load_step_state(directory, step_state) -> dict:
     """Restore model, optimizer, step count and skip counters written by `save_step_state`; returns this
     rank's `extra` (rank 0's when the checkpoint came from a smaller world)."""
     path = Path(directory)
-    meta = json.loads((path / META).read_text())
+    meta = read_json(path / META)
+    check_strategy_meta(meta)
+    own = path / "extra" / f"rank_{step_state.world.rank}.json"
+    extra = read_json(own if own.exists() else path / "extra" / "rank_0.json")
+    check_extra(extra)
     if meta["stage"] != step_state.stage.name:
         raise ValueError(f"checkpoint {path} is of stage {meta['stage']!r}, the run is at stage {step_state.stage.name!r}")
     step_state.engine.load(path, step_state.optimizer)
     step_state.count = meta["step_count"]
-    step_state.skips.load_state_dict(meta.get("skips", {"total": meta["skipped_total"]}))
-    own = path / "extra" / f"rank_{step_state.world.rank}.json"
-    return json.loads((own if own.exists() else path / "extra" / "rank_0.json").read_text())
+    step_state.skips.load_state_dict(meta.get("skips", {"total": meta.get("skipped_total")}))
+    return extra
 
 
 class CheckpointManager:
@@ -235,7 +240,7 @@ class CheckpointManager:
 
     def _saved_fingerprint(self, path: Path) -> dict | None:
         try:
-            value = json.loads((path / FINGERPRINT).read_text())
+            value = read_json(path / FINGERPRINT)
         except (OSError, ValueError):
             return None  # made before fingerprints existed, or unreadable: the load itself decides
         return value if isinstance(value, dict) else None
@@ -300,22 +305,70 @@ class CheckpointManager:
         self._last_save = time.monotonic()
         return final
 
-    def resume(self, step_state) -> dict | None:
+    def resume(self, step_state, check=None) -> dict | None:
         """Load the newest good checkpoint into `step_state` (a `train.step.TrainStep`); its
-        `extra`, or None if there is none."""
+        `extra`, or None if there is none.
+        `check(extra)` may refuse a loaded state (ValueError, TypeError, KeyError). Every rank
+        agrees on each candidate (one small collective) and falls back with the others. Raises
+        CheckpointCodeError for a code or library error, NoUsableCheckpoint if none loads."""
         candidates = self.complete()
+        refused = []
         for i, path in enumerate(candidates):
             problem = verify(path, self.world)
             if problem is None:
-                try:
+                problem = self._agree(self._try(lambda: step_state.engine.check_files(path)))
+            extra = None
+            if problem is None:
+                def load():
+                    nonlocal extra
                     with weights_only_loads():
                         extra = load_step_state(path, step_state)
-                except (Exception, CheckpointException) as e:  # DCP's is a BaseException
-                    problem, extra = f"failed to load ({one_line(e)})", None
-                if not any_rank(self.world, problem is not None):
+                    if check is not None:
+                        check(extra)
+                problem = self._agree(self._try(load))
+                if problem is None:
                     return extra
-                problem = problem or "failed to load on another rank"
-            fallback = candidates[i + 1].name if i + 1 < len(candidates) else "a fresh start"
-            if self._main:
+            refused.append(f"{path.name}: {problem}")
+            fallback = candidates[i + 1].name if i + 1 < len(candidates) else None
+            if self._main and fallback is not None:
                 _warn(f"checkpoint {path} is unusable: {problem}; falling back to {fallback}")
+        if refused:
+            raise NoUsableCheckpoint(f"none of the {len(refused)} checkpoints in {self.root} can be resumed "
+                                     f"({'; '.join(refused)}); pass --fresh to start the stage over")
         return None
+
+    @staticmethod
+    def _try(action) -> tuple:
+        """(None, None) if `action()` ran, (problem, None) if it refused the checkpoint, or
+        (None, error line) for a code or library error."""
+        try:
+            action()
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            bug = code_error(e)
+            if bug is not None:
+                return None, f"{type(bug).__name__}: {' '.join(str(bug).split())}"
+            return f"failed to load ({one_line(e)})", None
+        return None, None
+
+    def _agree(self, outcome: tuple) -> str | None:
+        """Every rank's (problem, code error) -> the first rank's problem for all (None: every rank
+        loaded); a code error on any rank raises CheckpointCodeError on every rank."""
+        outcomes = _all_gather_json(self.world, list(outcome))
+        for rank, (_, bug) in enumerate(outcomes):
+            if bug is not None:
+                raise CheckpointCodeError(f"loading a checkpoint in {self.root} failed with a code or library error on "
+                                          f"rank {rank}, not a damaged checkpoint: {bug}")
+        problems = [(rank, p) for rank, (p, _) in enumerate(outcomes) if p is not None]
+        if not problems:
+            return None
+        rank, problem = problems[0]
+        return problem if len(outcomes) == 1 else f"{problem} on rank {rank}"
+
+
+class NoUsableCheckpoint(Exception):
+    """Checkpoints exist but none can be resumed; the message lists why each was refused."""
+
+
+class CheckpointCodeError(RuntimeError):
+    """Loading a checkpoint hit a code or library error (e.g. an AttributeError from a moved
+    internal): reported as such, never taken for a damaged checkpoint."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import pickle
 import warnings
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipav2.train.checkpoint import MANIFEST, PREFIX, CheckpointManager, verify
-from clipav2.safe_load import UnsafeCheckpoint, one_line, weights_only_loads
+from clipav2.safe_load import UnsafeCheckpoint, one_line, read_json, weights_only_loads
+from clipav2.train.state_check import check_strategy_meta
 
 
 def find_step_dir(path) -> Path | None:
@@ -49,8 +49,10 @@ def read_step(step_dir) -> tuple[dict, dict[str, torch.Tensor]]:
     problem = verify(step_dir)
     if problem:
         raise ValueError(f"{step_dir}: not a usable checkpoint: {problem}")
-    meta = json.loads((step_dir / "strategy.json").read_text())
-    meta.setdefault("step", json.loads((step_dir / MANIFEST).read_text()).get("step"))
+    meta = read_json(step_dir / "strategy.json")
+    check_strategy_meta(meta)
+    step = read_json(step_dir / MANIFEST).get("step")
+    meta.setdefault("step", step if isinstance(step, int) else None)
     readers = {"state": _dcp_weights, "deepspeed": _deepspeed_weights}
     kind = next((k for k in readers if (step_dir / k).is_dir()), None)
     if kind is None:

@@ -1,68 +1,34 @@
 """Fault handling the loop consults after every step.
 
-- SIGTERM / SIGUSR1 (SLURM's preemption warning) only set a process-wide flag; so does a first
-  Ctrl-C (SIGINT) under `clipav2 train` (exit INTERRUPTED after the checkpoint; a second one
-  aborts at once). The handler is
-  installed once for the whole run (`install_signal_handlers()`, before the first stage) and the
-  flag outlives any one FaultMonitor, so a signal that arrives between two stages is honoured at
-  the next step of the next stage. After each step the ranks agree (any rank signalled -> all
-  stop) over a host-side gloo group, so the agreement never waits on the GPU; the loop
-  checkpoints and exits PREEMPTED, which the launch scripts requeue.
+- A preemption signal (SIGTERM, SIGUSR1, SIGHUP; a first Ctrl-C under `clipav2 train`) sets a
+  process-wide flag (clipav2.signals). The flag outlives any one FaultMonitor, so a signal that
+  arrives between two stages is honoured at the next step of the next stage. After each step the
+  ranks agree (any rank signalled -> all stop) over a host-side gloo group, so the agreement never
+  waits on the GPU; the loop checkpoints and exits PREEMPTED (INTERRUPTED for Ctrl-C), which the
+  launch scripts requeue.
 - `max_consecutive_skips` non-finite steps in a row -> checkpoint and exit DIVERGED, naming the
-  run's first and last step. The skip counters live on the device (`strategy.skips`); the loop
+  run's first and last step. The skip counters live on the device (`TrainStep.skips`); the loop
   reads them at log steps and passes the report, so divergence is noticed up to one log interval
   late (the counters keep the longest run since the previous read: no run is missed).
+- A stage that ends on non-finite or exploded weights, or a non-finite last loss (`diverged`),
+  exits DIVERGED without its weights file.
 - A crashed rank: the collective timeout (`parallel.timeout_minutes`, see parallel/env.py) makes
   the others fail instead of hanging.
 
-    install_signal_handlers()                           # once, at the start of the run
+    with run_signal_handlers():                         # once, around the whole run
     monitor = FaultMonitor(cfg.faults.max_consecutive_skips, world)
     ...
-    code = monitor.after_step(step, result, strategy.skips.read() if log_step else None)
+    code = monitor.after_step(step, result, train_step.skips.read() if log_step else None)
     if code is not None:
-        ckpt.save(strategy, step, extra); print(monitor.message); sys.exit(code)
+        ckpt.save(train_step, step, extra); print(monitor.message); sys.exit(code)
 """
 from __future__ import annotations
-
-import signal
-import sys
 
 import torch
 
 from clipav2 import exitcodes
 from clipav2.parallel.env import any_rank
-
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-RUN_SIGNALS = PREEMPT_SIGNALS + (signal.SIGINT,)  # what `clipav2 train` routes: Ctrl-C checkpoints too
-_received: str | None = None  # the first preemption signal this process got and has not acted on
-_interrupts = 0  # Ctrl-Cs so far: the second aborts at once
-
-
-def _on_signal(signum, frame) -> None:
-    global _received, _interrupts
-    if signum == signal.SIGINT:
-        _interrupts += 1
-        if _interrupts > 1:
-            raise KeyboardInterrupt  # the second Ctrl-C: abort now, without a checkpoint
-        print("SIGINT: finishing this step, writing a checkpoint, then stopping (Ctrl-C again aborts at once)",
-              file=sys.stderr, flush=True)
-    _received = _received or signal.Signals(signum).name
-
-
-def install_signal_handlers(signals=PREEMPT_SIGNALS) -> None:
-    """Route `signals` to the process-wide preemption flag (idempotent; keeps a pending flag)."""
-    for sig in signals:
-        if signal.getsignal(sig) is not _on_signal:
-            signal.signal(sig, _on_signal)
-
-
-def signal_received() -> str | None:
-    return _received
-
-
-def clear_signal() -> None:
-    global _received
-    _received = None
+from clipav2.signals import PREEMPT_SIGNALS, clear_signal, install_signal_handlers, signal_received
 
 
 class FaultMonitor:
@@ -76,10 +42,10 @@ class FaultMonitor:
 
     @property
     def signal_received(self) -> str | None:
-        return _received
+        return signal_received()
 
     def _preempted_anywhere(self) -> bool:
-        return any_rank(self.world, _received is not None)
+        return any_rank(self.world, signal_received() is not None)
 
     def _longest_run(self, step: int, result, skips) -> tuple[int, int]:
         """(length, first step) of the longest run of consecutive skips known at `step`."""
@@ -111,7 +77,7 @@ class FaultMonitor:
             )
             return exitcodes.DIVERGED
         if preempted:
-            who = _received or "a signal on another rank"
+            who = signal_received() or "a signal on another rank"
             clear_signal()  # acted on: the process checkpoints and exits
             if who == "SIGINT":
                 self.message = f"interrupted by SIGINT (Ctrl-C) after step {step}; checkpoint written, exit {exitcodes.INTERRUPTED}"
@@ -128,3 +94,25 @@ def nonfinite_weights(state: dict) -> str | None:
     if not bad:
         return None
     return f"{len(bad)} of {len(state)} tensors are not finite, e.g. {bad[0]}"
+
+
+MAX_ABS_WEIGHT = 1e6  # trained CLIP weights are O(1); an LR of 1e30 leaves them near 1e29
+
+
+def diverged(state: dict, last_loss: float) -> str | None:
+    """Why a stage's final weights are not a result (None if they are): a non-finite tensor, a
+    tensor beyond MAX_ABS_WEIGHT, or a non-finite last logged loss."""
+    import math
+
+    bad = nonfinite_weights(state)
+    if bad:
+        return f"the final weights are not finite ({bad})"
+    big = {k: float(v.abs().max()) for k, v in state.items() if v.is_floating_point() and v.numel()}
+    big = {k: v for k, v in big.items() if v > MAX_ABS_WEIGHT}
+    if big:
+        worst = max(big, key=big.get)
+        return (f"the final weights exploded ({len(big)} of {len(state)} tensors beyond {MAX_ABS_WEIGHT:g}, "
+                f"e.g. {worst} up to {big[worst]:.3g})")
+    if not math.isfinite(last_loss):
+        return f"the last logged loss is {last_loss}"
+    return None

@@ -65,13 +65,16 @@ class _StageRun:
     periodic: object
     step: int = 0
     skipped_steps: int = 0
+    last_loss: float = 0.0  # of the last log interval: a stage ending on a non-finite loss diverged
+    fit: dict | None = None  # micro_batch: auto, the fitted micro-batch (clipav2.micro_batch)
+    make_loader: object = None  # stage -> the loader at the stage's start (the trial may rebuild it)
 
 
 class Trainer:
     def __init__(self, cfg, world):
         from clipav2.cost.guard import BudgetGuard
         from clipav2.cost.plan import stage_flops
-        from clipav2.cost.prices import resolve
+        from clipav2.accelerators import resolve
         from clipav2.parallel.env import device_name
 
         self.cfg, self.world = cfg, world
@@ -148,13 +151,10 @@ class Trainer:
 
     def _set_up(self, index: int) -> _StageRun | None:
         """The stage's model, resolved stage, engine, resumed state and loader (None: over budget)."""
-        from clipav2.data import build_train_loader
         from clipav2.data.loader import host_memory_note
         from clipav2.eval.periodic import PeriodicEval
         from clipav2 import micro_batch
-        from clipav2.rng import set_rng_state
         from clipav2.stage import resolve
-        from clipav2.text import make_text_transform
         from clipav2.train.checkpoint import CheckpointManager, fingerprint
         from clipav2.train.step import TrainStep
 
@@ -165,27 +165,55 @@ class Trainer:
         stage = resolve(cfg, index, world.world_size, arch=model.arch)  # the model it really is
         ckpt.fingerprint = fingerprint(cfg.model.name, stage, model)
         ckpt.check_fingerprints()  # another model's checkpoints: an error, never a silent fresh start
+        fit = None
         if stage.auto_micro_batch:  # the largest that fits, found once per stage (RUN_DIR/micro_batch.json)
             fit = micro_batch.fit_micro_batch(cfg, stage, world, self.run_dir)
             stage = stage.with_micro_batch(cfg, fit["micro_batch"])
             _say(world, micro_batch.explain(stage.name, fit))
         train_step = TrainStep(cfg, stage, world, model)
         del model
-        extra = (ckpt.resume(train_step) if has_ckpt else None) or {}
-        if extra.get("rng"):
-            set_rng_state(extra["rng"])
+        loader, extra, make_loader = self._resume(ckpt if has_ckpt else None, train_step)
         self._open_ledger(extra.get("ledger"))
         spent = self.guard.spent_before_start(self.ledger, extra.get("budget_stop")) if self.guard else False
         if any_rank(world, spent):  # checked before the first step of a resubmitted run
             return None
-        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
-        loader = build_train_loader(cfg, stage, world, text_transform, state=extra.get("data"))
         _say(world, host_memory_note(loader, stage))
         run = _StageRun(stage, train_step, ckpt, loader, PeriodicEval(cfg, stage, world),
-                        step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)))
+                        step=int(extra.get("step", 0)), skipped_steps=int(extra.get("skipped_steps", 0)),
+                        fit=fit, make_loader=make_loader)
         _say(world, stage_header(stage, len(cfg.stages), run.step))
         self._charge(stage.name, "startup", time.perf_counter() - self.t_start)
         return run
+
+    def _resume(self, ckpt, train_step):
+        """The stage's loader and, from the newest usable checkpoint of `ckpt` (None: a fresh
+        stage), the step's state, the loader's position and the RNGs, applied while it loads (a
+        state the loader, torch or numpy refuses makes the checkpoint unusable) -> (loader, the
+        checkpoint's `extra` or {}, make_loader): `make_loader(stage)` builds the loader again at
+        the same start with the RNGs as they were (the micro-batch trial's second try)."""
+        from clipav2.data import build_train_loader
+        from clipav2.rng import rng_state, set_rng_state
+        from clipav2.text import make_text_transform
+
+        cfg, world, stage = self.cfg, self.world, train_step.stage
+        text_transform = make_text_transform(stage, vocab=cfg.data.vocab, seed=cfg.seed)
+        loader = build_train_loader(cfg, stage, world, text_transform)
+
+        def check(state):
+            if state.get("data") is not None:
+                loader.load_state_dict(state["data"])
+            if state.get("rng"):
+                set_rng_state(state["rng"])
+
+        extra = (ckpt.resume(train_step, check) if ckpt is not None else None) or {}
+        rng_at_start, data_at_start = rng_state(), extra.get("data")
+
+        def make_loader(stage):
+            rebuilt = build_train_loader(cfg, stage, world, text_transform, state=data_at_start)
+            set_rng_state(rng_at_start)
+            return rebuilt
+
+        return loader, extra, make_loader
 
     def _save(self, run: _StageRun, budget_stop: float | None = None) -> None:
         from clipav2.rng import rng_state
@@ -217,8 +245,9 @@ class Trainer:
             t_step = time.perf_counter()
             if audit is not None:
                 audit.write(stage.name, run.step, micro)
-            if run.step == first_step:  # the stage's first step: say which kernel ran
-                result = self._first_step(run.train_step, micro, run.step)
+            if run.step == first_step:  # the stage's first step: the micro-batch's trial, and which kernel ran
+                result, micro, batches = self._first_step(run, micro, batches)
+                stage = run.stage
             else:
                 result = run.train_step.run(micro, run.step)  # device tensors: no host sync here
             t_done = time.perf_counter()
@@ -248,16 +277,16 @@ class Trainer:
 
     def _end_stage(self, run: _StageRun) -> int:
         """The final weights (checked finite), the stage-end evaluation and the weights file."""
-        from clipav2.train.faults import nonfinite_weights
+        from clipav2.train.faults import diverged
 
         world, stage = self.world, run.stage
         _say(world, f"[{stage.name}] {describe_skipped(summed_over_ranks(world, run.loader.skipped))}")
         t = time.perf_counter()
         full = run.train_step.engine.full_state_dict()
-        bad = nonfinite_weights(full) if world.is_main else None
+        bad = diverged(full, run.last_loss) if world.is_main else None
         if any_rank(world, bad is not None):
-            _say(world, f"[{stage.name}] the final weights are not finite ({bad}); {stage.name}.safetensors "
-                        f"not written, exit {exitcodes.DIVERGED}")
+            _say(world, f"[{stage.name}] the stage diverged: {bad}; {stage.name}.safetensors not written, "
+                        f"exit {exitcodes.DIVERGED}")
             return exitcodes.DIVERGED
         run.loader.close()
         eval_seconds = self._finish_stage(run, full)  # charged as eval there
@@ -269,25 +298,70 @@ class Trainer:
         self.t_start = time.perf_counter()
         return exitcodes.OK
 
-    def _first_step(self, train_step, micro, step):
-        """A step under the profiler, to print the attention kernel SDPA really chose."""
+    def _first_step(self, run: _StageRun, micro, batches):
+        """The stage's first step, under the profiler to print the attention kernel SDPA really
+        chose. Under `micro_batch: auto` it is the fit's trial: an out-of-memory error, or a peak
+        above the fit's budget measured before the update, halves the micro-batch (more micro-steps,
+        the same global batch; the reason goes to RUN_DIR/micro_batch.json and the log) and the
+        step is taken again from the stage's start, with nothing applied: the weights, optimizer
+        and data are those of a run started at the smaller size. -> (result, micro, batches)"""
+        import torch
+
         from clipav2.models.kernels import attention_kernels, describe
+        from clipav2 import micro_batch as mb
         from clipav2.parallel.apply import compile_seconds
 
+        cuda = self.world.device.type == "cuda"
+
+        def check():  # after the backward, on every rank: the ranks agree on the verdict
+            peak = torch.cuda.max_memory_allocated(self.world.device) if cuda else 0
+            budget = run.fit["device_bytes"] * (1 - mb.RESERVE)
+            if any_rank(self.world, peak > budget):
+                raise mb.TrialFailed(f"measured peak above the budget of {budget / 2**30:.1f} GiB "
+                                     f"(rank {self.world.rank}: {peak / 2**30:.1f} GiB)")
+
         compiled, t = compile_seconds(), time.perf_counter()
-        with attention_kernels() as ran:
-            result = train_step.run(micro, step)
+        while True:
+            try:
+                with attention_kernels() as ran:
+                    result = run.train_step.run(micro, run.step, before_update=check if run.fit else None)
+                break
+            except (torch.OutOfMemoryError, mb.TrialFailed) as e:
+                if run.fit is None or run.train_step.engine.owns_update:  # a configured micro-batch, or DeepSpeed's baked-in one
+                    raise
+                why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else str(e)
+            micro = batches = None  # here, past the handler, the failed step's tensors are gone
+            micro, batches = self._halve_micro_batch(run, why)
         _say(self.world, f"attention: {describe(ran)} (model.attention={self.cfg.model.attention})")
-        if train_step.engine.compiled:  # the blocks compile at their first call: this step
+        if run.train_step.engine.compiled:  # the blocks compile at their first call: this step
             _say(self.world, f"compile: {compile_seconds() - compiled:.0f} s of the first step's "
                              f"{time.perf_counter() - t:.0f} s (torch.compile, this stage's shapes)")
-        if self.world.device.type == "cuda":  # the micro-batch model's trial: what the step really took
-            import torch
+        if cuda:  # the micro-batch model's trial: what the step really took
+            mb.record_trial(self.run_dir, run.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
+        return result, micro, batches
 
-            from clipav2.micro_batch import record_trial
+    def _halve_micro_batch(self, run: _StageRun, why: str):
+        """Nothing of the failed trial is kept: gradients dropped, the loader rebuilt from the
+        stage's start at the halved micro-batch. -> (the step's micro-batches, the iterator)"""
+        import torch
 
-            record_trial(self.run_dir, train_step.stage, self.world, torch.cuda.max_memory_allocated(self.world.device))
-        return result
+        from clipav2 import micro_batch as mb
+
+        train_step = run.train_step
+        train_step.optimizer.zero_grad(set_to_none=True)
+        if hasattr(train_step.engine.model, "reshard"):  # FSDP2: parameters may be gathered when the error came
+            train_step.engine.model.reshard()
+        run.loader.close()
+        if self.world.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.world.device)
+        run.fit = mb.halve(self.run_dir, run.stage, self.world, run.fit, why)
+        run.stage = train_step.stage = run.stage.with_micro_batch(self.cfg, run.fit["micro_batch"])
+        run.loader = run.make_loader(run.stage)
+        batches = iter(run.loader)
+        _say(self.world, f"[{run.stage.name}] micro-batch trial: {why}; halved to {run.stage.micro_batch} "
+                         f"({run.stage.grad_accum} micro-steps, the same global batch); the step is taken again")
+        return [next(batches) for _ in range(run.stage.grad_accum)], batches
 
     def guard_message(self) -> str:
         return self.guard.message if self.guard is not None else "budget guard: stopped on the main rank's decision"
@@ -299,6 +373,7 @@ class Trainer:
 
         world, stop, stage, step = self.world, False, run.stage, run.step
         stats = window.close(step)  # the one device sync of the interval
+        run.last_loss = stats["loss"]
         skipped = summed_over_ranks(world, run.loader.skipped)  # every rank's records, by reason
         if world.is_main:
             sps = stats["steps"] * stage.global_batch / max(stats["seconds"], 1e-9)
@@ -431,19 +506,25 @@ def _say_compute(cfg, world) -> None:
 
 
 def train(cfg, only_stage=None, fresh: bool = False) -> int:
-    """Run the recipe; the process exit code (clipav2.exitcodes)."""
+    """Run the recipe; the process exit code (clipav2.exitcodes). The run's signal handlers
+    (clipav2.signals) are in place for its duration only."""
+    from clipav2.signals import run_signal_handlers
+
+    with run_signal_handlers():  # once per run: a signal between stages is honoured in the next
+        return _train_run(cfg, only_stage, fresh)
+
+
+def _train_run(cfg, only_stage, fresh: bool) -> int:
     from clipav2.parallel import init_distributed
-    from clipav2.train.faults import RUN_SIGNALS, install_signal_handlers
     from clipav2.train import rundir
     from clipav2.data.stream import NoUsableData
     from clipav2.models.weights_file import WeightsFileError
-    from clipav2.train.checkpoint import IncompatibleCheckpoint, NoSpace
+    from clipav2.train.checkpoint import CheckpointCodeError, IncompatibleCheckpoint, NoSpace, NoUsableCheckpoint
     from clipav2.train.runlock import RunDirBusy, lock_run_dir
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     world = init_distributed(cfg.parallel)
     quiet_library_warnings()
-    install_signal_handlers(RUN_SIGNALS)  # once per run: a signal between stages is honoured in the next
     lock = None
     try:
         try:
@@ -460,7 +541,10 @@ def train(cfg, only_stage=None, fresh: bool = False) -> int:
                 print(f"clipav2 train: {e}", file=sys.stderr)
             return exitcodes.CONFIG
         return Trainer(cfg, world).run(only_stage)
-    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData) as e:
+    except CheckpointCodeError as e:
+        print(f"clipav2 train: {e}", file=sys.stderr)
+        return exitcodes.FAILED
+    except (IncompatibleCheckpoint, NoSpace, WeightsFileError, NoUsableData, NoUsableCheckpoint) as e:
         if world.is_main or isinstance(e, NoUsableData):  # each rank reads its own shards
             print(f"clipav2 train: {NoUsableData.line(e)}", file=sys.stderr)
         return exitcodes.NO_SPACE if isinstance(e, NoSpace) else exitcodes.CONFIG

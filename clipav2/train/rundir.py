@@ -14,9 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
-
-from clipav2.config import to_dict
+from clipav2.config import ConfigError, parse_yaml, to_dict
 
 PREVIOUS = "previous"
 KEPT_IN_PLACE = {".lock", PREVIOUS}
@@ -112,9 +110,9 @@ def check_recipe(cfg, run_dir: Path) -> list[str]:
     if not saved.is_file() or not has_progress(run_dir):
         return []
     try:
-        old = yaml.safe_load(saved.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeChanged(f"{saved} is unreadable ({str(e).splitlines()[0]}); use --fresh to start over") from None
+        old = parse_yaml(saved.read_bytes(), str(saved))
+    except ConfigError as e:
+        raise RecipeChanged(f"{e}; use --fresh to start over") from None
     changed = differences(old if isinstance(old, dict) else {}, to_dict(cfg))
     unsafe = [k for k in changed if not is_safe(k)]
     if unsafe:

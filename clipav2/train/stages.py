@@ -2,7 +2,7 @@
 weights, `masked_init`): the weights and the temperature are carried, the image position
 embedding is recomputed for the new resolution (sin-cos) or resampled (a learned table), the text
 position table is resized linearly (8 -> 32).
-The optimizer, LR schedule and step start fresh because every stage builds its own Strategy.
+The optimizer, LR schedule and step start fresh because every stage builds its own TrainStep.
 
 Every stage after the first starts from the previous stage's consolidated weights on disk
 (RUN_DIR/<stage>.safetensors), never from the live sharded model: the same path serves a fresh

@@ -141,12 +141,15 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach(), skipped
 
-    def __call__(self, inputs: list[tuple], loss_fn=clip_loss) -> tuple[StepResult, torch.Tensor]:
+    def __call__(self, inputs: list[tuple], loss_fn=clip_loss, before_update=None) -> tuple[StepResult, torch.Tensor]:
         """One optimizer step over this rank's micro-batches `inputs` [(images, ids, keep), ...]
         -> (StepResult, the exponentiated temperature of the forward). Enqueues device work only
         (no host sync except under DeepSpeed). The step counts even when skipped, so the LR
-        schedule and the data stream stay in lock-step with the step number."""
+        schedule and the data stream stay in lock-step with the step number. `before_update()`,
+        when given, runs after the backward and before anything is applied."""
         loss, scale = _losses(self.engine, self.world, inputs, loss_fn)
+        if before_update is not None:
+            before_update()
         loss = loss.reshape(1)
         if self.world.distributed:
             dist.all_reduce(loss)  # every rank decides the skip on the same (mean) loss
@@ -169,7 +172,10 @@ class TrainStep:
         keep = keep_indices(s.image_reduction, s.grid, images.shape[0], s.image_mask_ratio, s.grid_window, gen, device)
         return images, ids, keep
 
-    def run(self, batches: list[dict], step: int) -> StepResult:
-        """The step of the loader's micro-batches `batches` at step number `step` (0-based)."""
-        result, self.last_scale = self([self.inputs(b, step, i) for i, b in enumerate(batches)])
+    def run(self, batches: list[dict], step: int, before_update=None) -> StepResult:
+        """The step of the loader's micro-batches `batches` at step number `step` (0-based).
+        `before_update()`, when given, runs after the backward and before anything is applied
+        (the loop's micro-batch trial: it may raise to abandon the step)."""
+        inputs = [self.inputs(b, step, i) for i, b in enumerate(batches)]
+        result, self.last_scale = self(inputs, before_update=before_update)
         return result

@@ -39,7 +39,8 @@ from clipav2.stage import resolve
 from nosync import forbid_host_sync
 from clipav2.rng import rng_state, set_rng_state
 from clipav2.train.checkpoint import CheckpointManager
-from clipav2.train.faults import FaultMonitor, install_signal_handlers
+from clipav2.signals import install_signal_handlers
+from clipav2.train.faults import FaultMonitor
 from clipav2.train.step import TrainStep, to_host
 
 GLOBAL_BATCH = 16

@@ -1,6 +1,8 @@
-"""clipav2/parallel/env.py: the launchers' environments (torchrun, SLURM) read into a rank, a world
+"""clipav2/launcher.py: the launchers' environments (torchrun, SLURM) read into a rank, a world
 size and a rendezvous."""
-from clipav2.parallel.env import first_host, launcher_env, launcher_world_size
+import pytest
+
+from clipav2.launcher import LauncherEnvError, first_host, launcher_env, launcher_world_size
 
 
 def test_launcher_environments():
@@ -19,5 +21,6 @@ def test_the_world_size_checked_first_follows_the_same_rules():
     assert launcher_world_size({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "RANK": "1", "WORLD_SIZE": "2"}) == 2  # torchrun's
     assert launcher_world_size({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == 1  # an salloc shell
     assert launcher_world_size({"SLURM_NTASKS": "4"}) == 1  # no task of a step: no launcher
-    assert launcher_world_size({"WORLD_SIZE": "2"}) == 2
+    with pytest.raises(LauncherEnvError, match="RANK"):  # half a launcher's environment
+        launcher_world_size({"WORLD_SIZE": "2"})
     assert launcher_world_size({}) == 1

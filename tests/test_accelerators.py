@@ -1,7 +1,7 @@
 """Prices: the table, detection from device names, overrides and bad prices."""
 import pytest
 
-from clipav2.cost.prices import ACCELERATORS, PriceError, detect_accelerator, get_accelerator, parse_price, resolve
+from clipav2.accelerators import ACCELERATORS, PriceError, detect_accelerator, get_accelerator, parse_price, resolve
 
 
 @pytest.mark.parametrize("device, key", [
