@@ -166,18 +166,19 @@ def test_schedule_by_samples_and_by_minutes(tmp_path, demo_data):
     assert not timed.due(4, at_log_step=True)  # the last step: the stage-end evaluation follows
 
 
-def test_live_evaluation_under_bf16_params(tmp_path, data):
+def test_live_evaluation_under_bf16_params(tmp_path, demo_data):
     """single's bf16_params forward is a function, not a module: the live evaluation (periodic
     and stage-end) puts the plain module in eval mode and back, and evaluates the whole set."""
     import clipav2
     from clipav2.eval.periodic import evaluate_live
-    from clipav2.parallel import build_strategy
     from clipav2.parallel.env import World
+    from clipav2.stage import resolve
+    from clipav2.train.step import TrainStep
 
-    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", data, tmp_path / "run", **{"parallel.precision": "bf16_params"}),
+    cfg = load_config(tiny_recipe(tmp_path / "r.yaml", demo_data, tmp_path / "run", **{"parallel.precision": "bf16_params"}),
                       world_size=1)
-    strategy = build_strategy(cfg, World())
-    strategy.setup(clipav2.create_model("tiny", image_size=cfg.stages[0].image_size), cfg.stages[0])
-    assert not isinstance(strategy.model, torch.nn.Module)
-    result = evaluate_live(strategy, cfg, strategy.stage, World())
-    assert result["zero_shot"]["n"] == 144 and strategy.module.training
+    stage = resolve(cfg, 0, 1)
+    engine = TrainStep(cfg, stage, World(), clipav2.create_model("tiny", image_size=stage.image_size)).engine
+    assert not isinstance(engine.model, torch.nn.Module)
+    result = evaluate_live(engine, cfg, stage, World())
+    assert result["zero_shot"]["n"] == 144 and engine.module.training
