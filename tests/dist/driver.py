@@ -1,6 +1,6 @@
-"""Train the `tiny` CLIP for a few steps on synthetic deterministic data through a Strategy and
-the training step (`train.step.train_step`), the way the training loop does, and record what the
-tests compare. Launched 1-process (python),
+"""Train the `tiny` CLIP for a few steps on synthetic deterministic data through a TrainStep (the
+engine and the step's own state), the way the training loop does, and record what the tests
+compare. Launched 1-process (python),
 under `torchrun --nproc_per_node 2`, or as 2 processes with SLURM-style variables.
 
 Step s, micro-step m, rank r reads the global samples
