@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from clipav2.config.schema import Config, ConfigError, _short
+from clipav2.config.schema import Config, ConfigError, short_repr
 
 
 def _type_name(tp) -> str:
@@ -29,9 +29,9 @@ def _as_float(value, key: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        raise ConfigError(f"{key}: expected a number, got {short_repr(value)}")
     if not math.isfinite(value):  # NaN passes every range check, inf breaks the schedule
-        raise ConfigError(f"{key}: {_short(value)} is not a finite number")
+        raise ConfigError(f"{key}: {short_repr(value)} is not a finite number")
     return float(value)
 
 
@@ -39,7 +39,7 @@ def _as_int(value, key: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
+        raise ConfigError(f"{key}: expected an integer, got {short_repr(value)}")
     if not -MAX_INT < value < MAX_INT:
         raise ConfigError(f"{key}: an integer of {len(str(abs(value)))} digits is out of range (at most 2**63 - 1)")
     return value
@@ -47,13 +47,13 @@ def _as_int(value, key: str) -> int:
 
 def _as_bool(value, key: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
+        raise ConfigError(f"{key}: expected true or false, got {short_repr(value)}")
     return value
 
 
 def _as_str(value, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
+        raise ConfigError(f"{key}: expected a string, got {short_repr(value)}")
     return value
 
 
@@ -82,12 +82,12 @@ def _coerce(value, tp, key: str):
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {_short(value)}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {short_repr(value)}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {short_repr(value)}")
         names = [v.get("name") if isinstance(v, dict) else None for v in value]
         return [_coerce(v, arg, f"{key}.{n}" if n else f"{key}[{i}]") for i, (v, n) in enumerate(zip(value, names))]
     if tp in _SCALARS:
@@ -99,13 +99,13 @@ def _build(cls, data, prefix: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {_short(data)}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields, key=str)  # keys may be numbers, null, dates
     if unknown:
         where = f"{prefix}." if prefix else ""
-        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else _short(unknown[0])
+        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else short_repr(unknown[0])
         raise ConfigError(f"{where}{name}: unknown key; allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
@@ -192,8 +192,8 @@ def parse_yaml(text, where: str):
 def _parse_scalar(text: str, item: str):
     """An override's value: one line of YAML."""
     if "\n" in text or "\r" in text:
-        raise ConfigError(f"override {_short(item.splitlines()[0])}...: a value must be one line")
-    return parse_yaml(text, f"override {_short(item)}") if text.strip() else ""
+        raise ConfigError(f"override {short_repr(item.splitlines()[0])}...: a value must be one line")
+    return parse_yaml(text, f"override {short_repr(item)}") if text.strip() else ""
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -26,7 +26,7 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
     """A value's repr for an error line, cut short (a recipe's value may be huge)."""
     text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -34,7 +34,7 @@ def _short(value) -> str:
 
 def _check_choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {_short(value)} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: {short_repr(value)} is not one of {', '.join(map(str, allowed))}")
 
 
 def _positive(key: str, value) -> None:
