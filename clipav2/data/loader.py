@@ -16,6 +16,7 @@ replayed. The skipped-record counters restart at zero in a new generation.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
 
@@ -93,8 +94,12 @@ class TrainLoader:
             yield batch
 
     def close(self) -> None:
-        """Stop the workers (the next iteration restarts them from the current state)."""
+        """Stop the workers (the next iteration restarts them from the current state). A worker
+        error's traceback may hold the workers' iterator in a reference cycle: collected here, so
+        the workers stop now and not at exit, where multiprocessing would SIGTERM them (ignored,
+        clipav2.signals) and wait."""
         self._iterator = None
+        gc.collect()
 
     # ------------------------------------------------------------------ state
     @property

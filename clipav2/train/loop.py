@@ -146,7 +146,11 @@ class Trainer:
         run = self._set_up(index)
         if run is None:  # the budget was spent before the first step of a resubmitted run
             return exitcodes.BUDGET
-        code = self._train(run)
+        try:
+            code = self._train(run)
+        except BaseException:
+            run.loader.close()  # its workers ignore SIGTERM: stopped now, or the process's exit waits on them
+            raise
         return code if code is not None else self._end_stage(run)
 
     def _set_up(self, index: int) -> _StageRun | None:
