@@ -1,4 +1,4 @@
-"""The five places where we rely on library internals, each in one function, so an upgrade that
+"""The six places where we rely on library internals, each in one function, so an upgrade that
 changes one fails its test in tests/test_compat.py loudly instead of silently changing behaviour:
 
 - torch's fused AdamW skips a step when `optimizer.found_inf` is non-zero (the attribute
@@ -15,6 +15,9 @@ changes one fails its test in tests/test_compat.py loudly instead of silently ch
 - DeepSpeed's engine loads checkpoints through `engine.checkpoint_engine.load(path,
   map_location)` of a `TorchCheckpointEngine`; we swap that object's class for a subclass whose
   `load` is weights-only.
+- torch's multi-process DataLoader iterator stops its workers in the private
+  `_shutdown_workers()` (what its `__del__` calls): our loader's workers ignore SIGTERM, so they
+  are stopped there when a run ends early, not left for multiprocessing's exit to terminate.
 """
 from __future__ import annotations
 
@@ -58,3 +61,10 @@ def swap_checkpoint_engine(engine, make_subclass) -> bool:
         return False
     engine.checkpoint_engine.__class__ = make_subclass(current)
     return True
+
+
+def stop_loader_workers(iterator) -> None:
+    """Stop the worker processes of a DataLoader iterator now (a single-process one has none)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

@@ -100,3 +100,21 @@ def test_deepspeed_torch_checkpoint_engine_loads_through_load_path_map_location(
     assert compat.swap_checkpoint_engine(engine, subclass)
     engine.checkpoint_engine.load("x", map_location="cpu")
     assert calls == ["x"] and isinstance(engine.checkpoint_engine, TorchCheckpointEngine)
+
+
+def test_loader_workers_stop_when_asked_though_they_ignore_sigterm():
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from clipav2.signals import quiet_worker
+
+    before = set(multiprocessing.active_children())
+    batches = iter(DataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True,
+                              worker_init_fn=quiet_worker))
+    next(batches)
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 1
+    compat.stop_loader_workers(batches)
+    assert not workers & set(multiprocessing.active_children())
+    compat.stop_loader_workers(iter(DataLoader(list(range(4)))))  # a single-process iterator has none

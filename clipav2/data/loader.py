@@ -16,13 +16,13 @@ replayed. The skipped-record counters restart at zero in a new generation.
 """
 from __future__ import annotations
 
-import gc
 import logging
 from collections import Counter
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipav2 import compat
 from clipav2.data.shards import expand_urls
 from clipav2.data.stream import StreamSpec, derive_seed, new_state, sample_batches
 from clipav2.data.transforms import TrainTransform
@@ -94,12 +94,12 @@ class TrainLoader:
             yield batch
 
     def close(self) -> None:
-        """Stop the workers (the next iteration restarts them from the current state). A worker
-        error's traceback may hold the workers' iterator in a reference cycle: collected here, so
-        the workers stop now and not at exit, where multiprocessing would SIGTERM them (ignored,
-        clipav2.signals) and wait."""
-        self._iterator = None
-        gc.collect()
+        """Stop the workers (the next iteration restarts them from the current state): now, not
+        when the iterator is collected; a worker error's traceback can keep it alive until exit,
+        where multiprocessing would SIGTERM the workers (ignored, clipav2.signals) and wait."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            compat.stop_loader_workers(iterator)
 
     # ------------------------------------------------------------------ state
     @property

@@ -149,7 +149,7 @@ class Trainer:
         try:
             code = self._train(run)
         except BaseException:
-            run.loader.close()  # its workers ignore SIGTERM: stopped now, or the process's exit waits on them
+            run.loader.close()  # its workers ignore SIGTERM: stopped now, or the process's exit would wait on them
             raise
         return code if code is not None else self._end_stage(run)
 
