@@ -84,6 +84,7 @@ RUN = {
     "clipav2 plan configs/h14.yaml": "as is",
     "clipav2 plan configs/h14.yaml --gpu h100 --gpus 64 --mfu 0.45": "as is",
     "clipav2 plan configs/h14.yaml --gpu h100 --gpus 64 --samples-per-s 2900 --price 2.5 --json": "as is",
+    "clipav2 plan configs/h14.yaml --memory --gpu h100 --gpus 8": "as is",  # ~25 s: the tracker over reduced models
     "clipav2 models": "as is",
     'clipav2 text preview --reduction syntax --length 8 "A fluffy white puppy sleeping on a red blanket"': "as is",
     'clipav2 text preview --reduction all --length 8 "A photo of an unbelievably gorgeous sunset over the Mediterranean sea"':

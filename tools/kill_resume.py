@@ -80,7 +80,8 @@ def logged_steps(run: Path) -> int:
 
 def checkpoints(run: Path) -> list[int]:
     root = run / "checkpoints" / "pretrain"
-    return sorted(int(p.name.split("_")[1]) for p in root.glob("step_*") if (p / "manifest.json").is_file())
+    return sorted(int(p.name[5:]) for p in root.glob("step_*")  # not step_N.tmp: a save under way
+                  if p.name[5:].isdigit() and (p / "manifest.json").is_file())
 
 
 def progress(run: Path) -> tuple:
