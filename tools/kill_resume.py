@@ -5,7 +5,7 @@ a tiny model, a checkpoint every 2 steps. One run goes through uninterrupted; an
 makes progress, restarted, killed again, ... `--kills` times, then finished. Kills land in a step, in
 the loader, or in a checkpoint write (half-written checkpoints are counted).
 
-    python tools/kill_resume.py --strategy deepspeed --zero 3 --kills 10 --seed 1
+    python tools/kill_resume.py --strategy deepspeed --zero 3 --kills 10 --steps 200 --seed 1
 
 Prints one line per kill (when, the last logged step, the last complete checkpoint) and the
 comparison of the final weights; exits 1 if they differ."""
