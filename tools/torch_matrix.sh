@@ -43,7 +43,7 @@ pin() {  # "2.8" -> "==2.8.*", "2.14.1" -> "==2.14.1"
 install() {  # $1 venv, $2 torch version
   "$PYTHON" -m venv "$1" &&
     "$1/bin/python" -m pip install -q "torch$(pin "$2")" "torchvision==$(torchvision_for "$2")" &&
-    "$1/bin/python" -m pip install -q "$REPO[dev,deepspeed]"
+    "$1/bin/python" -m pip install -q "${REPO}[dev,deepspeed]"
 }
 
 core_tests() {  # prints "N passed, M failed"
