@@ -94,7 +94,10 @@ class TrainLoader:
             yield batch
 
     def close(self) -> None:
-        """Stop the workers (the next iteration restarts them from the current state)."""
+        """Stop the workers (the next iteration restarts them from the current state). Explicitly:
+        a traceback or a suspended `for` may still hold the iterator, and the workers ignore SIGTERM."""
+        if self._iterator is not None and hasattr(self._iterator, "_shutdown_workers"):
+            self._iterator._shutdown_workers()  # what torch's own __del__ calls
         self._iterator = None
 
     # ------------------------------------------------------------------ state

@@ -147,7 +147,11 @@ class Trainer:
         run = self._set_up(index)
         if run is None:  # the budget was spent before the first step of a resubmitted run
             return exitcodes.BUDGET
-        code = self._train(run)
+        try:
+            code = self._train(run)
+        except BaseException:  # its workers ignore the run's signals: stopped here, not left to exit
+            run.loader.close()
+            raise
         return code if code is not None else self._end_stage(run)
 
     def _set_up(self, index: int) -> _StageRun | None:
