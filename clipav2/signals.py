@@ -13,6 +13,8 @@ step (clipav2.train.faults).
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import sys
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 RUN_SIGNALS = PREEMPT_SIGNALS + (signal.SIGINT,)  # what `clipav2 train` routes: Ctrl-C checkpoints too
 _received: str | None = None  # the first preemption signal this process got and has not acted on
 _interrupts = 0  # Ctrl-Cs so far: the second aborts at once
+_kill_at_exit = None  # the atexit hook that stops quiet workers, once registered
 
 
 def _on_signal(signum, frame) -> None:
@@ -73,9 +76,23 @@ def quiet_worker(worker_id: int | None = None) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, RUN_SIGNALS)
 
 
+def _kill_workers_left() -> None:
+    """At exit multiprocessing stops daemonic children with SIGTERM and waits for them, which a
+    quiet worker ignores: SIGKILL those still alive first (atexit runs this before multiprocessing's
+    own handler, registered earlier), e.g. an evaluation loader's left by an error. torch's SIGCHLD
+    handler, which would call a killed worker an error, is set aside: the run is over."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def start_workers(loader):
     """iter(loader), with the run's signals held while its workers are forked: a signal sent to
     the group then reaches the trainer once they are up, and a worker only after it ignores it."""
+    global _kill_at_exit
+    if not _kill_at_exit:
+        _kill_at_exit = atexit.register(_kill_workers_left)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)
     try:
         return iter(loader)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +200,30 @@ def test_a_loader_worker_ignores_the_run_signals():
         for s, handler in saved.items():
             signal.signal(s, handler)
     assert len(batches) == 1 and int(batches[0]) != os.getpid() and received == []
+
+
+_LEFT_RUNNING = """
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+from clipav2.signals import quiet_worker, start_workers
+
+class Endless(IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.zeros(1)
+
+it = start_workers(DataLoader(Endless(), batch_size=None, num_workers=1, persistent_workers=True,
+                              worker_init_fn=quiet_worker))
+next(it)
+HELD = it  # held to the end, as a traceback or a suspended generator holds it
+"""
+
+
+def test_a_worker_left_running_does_not_keep_the_process_from_exiting(tmp_path):
+    """At exit multiprocessing stops daemonic workers with SIGTERM, which ours ignore: a process
+    that ends with a loader still open (an error raised mid-stage) must still exit, and quietly."""
+    script = tmp_path / "left.py"
+    script.write_text(_LEFT_RUNNING)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]

@@ -5,7 +5,7 @@ a tiny model, a checkpoint every 2 steps. One run goes through uninterrupted; an
 makes progress, restarted, killed again, ... `--kills` times, then finished. Kills land in a step, in
 the loader, or in a checkpoint write (half-written checkpoints are counted).
 
-    python tools/kill_resume.py --strategy deepspeed --zero 3 --kills 10 --seed 1
+    python tools/kill_resume.py --strategy deepspeed --zero 3 --kills 10 --steps 200 --seed 1
 
 Prints one line per kill (when, the last logged step, the last complete checkpoint) and the
 comparison of the final weights; exits 1 if they differ."""
@@ -80,7 +80,8 @@ def logged_steps(run: Path) -> int:
 
 def checkpoints(run: Path) -> list[int]:
     root = run / "checkpoints" / "pretrain"
-    return sorted(int(p.name.split("_")[1]) for p in root.glob("step_*") if (p / "manifest.json").is_file())
+    return sorted(int(p.name[5:]) for p in root.glob("step_*")  # not step_N.tmp: a save under way
+                  if p.name[5:].isdigit() and (p / "manifest.json").is_file())
 
 
 def progress(run: Path) -> tuple:

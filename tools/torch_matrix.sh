@@ -43,7 +43,7 @@ pin() {  # "2.8" -> "==2.8.*", "2.14.1" -> "==2.14.1"
 install() {  # $1 venv, $2 torch version
   "$PYTHON" -m venv "$1" &&
     "$1/bin/python" -m pip install -q "torch$(pin "$2")" "torchvision==$(torchvision_for "$2")" &&
-    "$1/bin/python" -m pip install -q "$REPO[dev,deepspeed]"
+    "$1/bin/python" -m pip install -q "${REPO}[dev,deepspeed]"
 }
 
 core_tests() {  # prints "N passed, M failed"
@@ -109,6 +109,10 @@ for version in "$@"; do
   venv=${!reuse_var:-$VENVS/torch$version}
   log_dir=$OUT/torch$version
   work=$(mktemp -d)
+  # DeepSpeed's JIT-built ops (its CPU shared-memory collectives) get a cache of the row's own: torch
+  # keys the default one by Python and CUDA version only, so 2.11 and 2.14.1 (both cu130) would
+  # share it, and the lock file 2.14.1's builder leaves there (an flock) stalls 2.11's for ever
+  export TORCH_EXTENSIONS_DIR=$work/torch_extensions
   mkdir -p "$log_dir"
   echo "== torch $version: $venv (logs in $log_dir)" >&2
   if [ -z "${!reuse_var:-}" ] && ! install "$venv" "$version" >"$log_dir/install.log" 2>&1; then
