@@ -115,12 +115,11 @@ def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> di
     """The largest divisor of the per-rank batch the model says fits, with the figures behind it."""
     per_rank = stage.global_batch // world_size
     budget = device_bytes * (1 - RESERVE)
-    divisors = [d for d in range(per_rank, 0, -1) if per_rank % d == 0]
-    micro = next((d for d in divisors if step_bytes(cfg, stage, world_size, d, precision)["total"] <= budget), 1)
-    need = step_bytes(cfg, stage, world_size, per_rank, precision)["total"]
+    totals = {d: step_bytes(cfg, stage, world_size, d, precision)["total"]
+              for d in range(per_rank, 0, -1) if per_rank % d == 0}  # largest first
+    micro = next((d for d, total in totals.items() if total <= budget), 1)
     return {"micro_batch": micro, "per_rank_batch": per_rank, "micro_steps": per_rank // micro,
-            "predicted_bytes": step_bytes(cfg, stage, world_size, micro, precision)["total"],
-            "whole_batch_bytes": need, "device_bytes": int(device_bytes)}
+            "predicted_bytes": totals[micro], "whole_batch_bytes": totals[per_rank], "device_bytes": int(device_bytes)}
 
 
 def explain(stage_name: str, fit: dict) -> str:
@@ -131,7 +130,7 @@ def explain(stage_name: str, fit: dict) -> str:
         return head + "; no gradient accumulation"
     return (head + f"; {fit['micro_steps']} micro-steps of accumulation because the per-rank batch needs "
             f"{fit['whole_batch_bytes'] / gib:.1f} GiB at once: each step adds a "
-            f"no-grad forward of the whole batch (about +1/3 compute) to keep the loss over the global batch; "
+            f"no-grad forward of the whole batch (+27% compute with every block checkpointed, +1/3 without) to keep the loss over the global batch; "
             f"checkpointing more blocks (model.checkpointing) or more GPUs avoids it")
 
 
@@ -168,15 +167,24 @@ def fit_micro_batch(cfg, stage, world, run_dir) -> dict:
     it only after, so all ranks agree on whether it exists."""
     from clipav2.parallel.base import resolve_precision
 
-    path = Path(run_dir) / RECORD
-    records = json.loads(path.read_text()) if path.is_file() else {}
+    records = _read_records(run_dir)
     key = _key(stage, world)
     if key not in records:
         records[key] = choose(cfg, stage, world.world_size, _free_bytes(world), resolve_precision(cfg.parallel, world))
         if world.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(records, indent=1))
+            _write_records(run_dir, records)
     return records[key]
+
+
+def _read_records(run_dir) -> dict:
+    path = Path(run_dir) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_records(run_dir, records: dict) -> None:
+    path = Path(run_dir) / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1))
 
 
 class TrialFailed(RuntimeError):
@@ -192,22 +200,19 @@ def halve(run_dir, stage, world, fit: dict, why: str) -> dict:
     micro = max(d for d in range(1, fit["micro_batch"] // 2 + 1) if per_rank % d == 0)
     new = dict(fit, micro_batch=micro, micro_steps=per_rank // micro,
                halved=fit.get("halved", []) + [f"{fit['micro_batch']}: {why}"])
-    path = Path(run_dir) / RECORD
     if world.is_main:
-        records = json.loads(path.read_text()) if path.is_file() else {}
+        records = _read_records(run_dir)
         records[_key(stage, world)] = new
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(records, indent=1))
+        _write_records(run_dir, records)
     return new
 
 
 def record_trial(run_dir, stage, world, peak_bytes: int) -> None:
     """The first step's measured peak, beside the model's prediction (main rank)."""
-    path = Path(run_dir) / RECORD
-    if not world.is_main or not path.is_file():
+    if not world.is_main:
         return
-    records = json.loads(path.read_text())
+    records = _read_records(run_dir)
     key = _key(stage, world)
     if key in records:
         records[key]["measured_peak_bytes"] = int(peak_bytes)
-        path.write_text(json.dumps(records, indent=1))
+        _write_records(run_dir, records)
