@@ -140,6 +140,19 @@ def _key(stage, world) -> str:
     return f"{stage.name} {device_name(world.device)} x{world.world_size}"
 
 
+def release_device_memory(device) -> None:
+    """The allocator's cache given back and the peak statistics reset, so the free memory read next
+    and the trial's measured peak are this stage's own (CUDA only)."""
+    import gc
+
+    import torch
+
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _free_bytes(world) -> int:
     """Free device memory, the smallest over the ranks, so that every rank picks the same
     micro-batch (ranks stepping different numbers of micro-steps would hang the collectives).
@@ -148,11 +161,7 @@ def _free_bytes(world) -> int:
 
     if world.device.type != "cuda":
         return 2**62
-    import gc
-
-    gc.collect()  # what the previous stage and its evaluation left is released first
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(world.device)  # the trial's peak is this stage's own
+    release_device_memory(world.device)  # what the previous stage and its evaluation left
     free = torch.tensor(torch.cuda.mem_get_info(world.device)[0], device=world.device)
     if world.distributed:
         import torch.distributed as dist

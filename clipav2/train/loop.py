@@ -347,8 +347,6 @@ class Trainer:
     def _halve_micro_batch(self, run: _StageRun, why: str):
         """Nothing of the failed trial is kept: gradients dropped, the loader rebuilt from the
         stage's start at the halved micro-batch. -> (the step's micro-batches, the iterator)"""
-        import torch
-
         from clipav2 import micro_batch as mb
 
         train_step = run.train_step
@@ -356,9 +354,7 @@ class Trainer:
         if hasattr(train_step.engine.model, "reshard"):  # FSDP2: parameters may be gathered when the error came
             train_step.engine.model.reshard()
         run.loader.close()
-        if self.world.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.world.device)
+        mb.release_device_memory(self.world.device)
         run.fit = mb.halve(self.run_dir, run.stage, self.world, run.fit, why)
         run.stage = train_step.stage = run.stage.with_micro_batch(self.cfg, run.fit["micro_batch"])
         run.loader = run.make_loader(run.stage)
