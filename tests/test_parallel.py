@@ -1,10 +1,12 @@
-"""The engine end to end on 2 CPU ranks (gloo): every strategy against the single-process run of
-the same global batch (and bf16_params under ddp and fsdp against it under the same policy),
-resume after SIGKILL, SIGUSR1 preemption, NaN skipping, resharded FSDP
-resume, a crashed rank, and no host read inside the step (single, ddp, fsdp run under
-`forbid_host_sync`). The driver is tests/dist/driver.py; to save start-up time each launch runs
-several jobs in sequence (a job that ends the process comes last), 8 launches in all, started
-as soon as the launches they depend on are done.
+"""The engines end to end on 2 CPU ranks (gloo), through `clipav2 train` (the Trainer users run,
+driven by tests/dist/train.py, which feeds it data in a global order and injects faults): every
+strategy against the single-process run of the same global batch (and bf16_params under ddp and
+fsdp against it under the same policy), resume after SIGKILL, SIGUSR1 preemption, NaN skipping,
+divergence, resharded FSDP resume, a crashed rank, and no host read inside the step (single,
+ddp, fsdp run under `forbid_host_sync`). To save start-up time each launch runs several
+trainings in sequence (one that ends the process comes last), 8 launches in all, started as soon
+as the launches they depend on are done. Every run logs every step (metrics.jsonl) and writes
+its stage's weights (pretrain.safetensors), both read here.
 
 Equality runs use Adam eps 1e-3: parameters whose true gradient is 0 (the attention key bias)
 get float-noise gradients that Adam with eps 1e-8 turns into O(lr) steps whatever the engine.
@@ -22,22 +24,35 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from clipav2 import exitcodes
+from clipav2.data.shards import ShardSink
 from support import free_port
 
 pytestmark = pytest.mark.slow  # multi-process or a whole training run
 
-DRIVER = str(Path(__file__).parent / "dist" / "driver.py")
-EPS = ["--set", "stages.pretrain.eps=1e-3"]
+TRAIN = str(Path(__file__).parent / "dist" / "train.py")
 KILL_STEP = random.Random().randint(2, 7)  # 0-based step at which rank 0 SIGKILLs itself
 ENV = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
+# 10 steps of 16 samples at 32 px, text 16; logged every step; no evaluation
+RECIPE = {
+    "model": {"name": "tiny"}, "seed": 0,
+    "data": {"workers": 0},  # data.train: a one-record shard the check finds; tests/dist/train.py feeds the data
+    "parallel": {"strategy": "single", "precision": "fp32", "micro_batch": 16},
+    "checkpoint": {"every_steps": 10**6, "every_minutes": 10**6, "keep": 2},
+    "log": {"every_steps": 1, "tensorboard": False, "progress": False},
+    "eval": {"at_stage_end": False},
+    "cost": {"gpu": "cpu", "price_per_gpu_hour": 1.0},
+    "stages": [{"name": "pretrain", "image_size": 32, "text_len": 16, "text_reduction": "truncate", "samples": 160,
+                "global_batch": 16, "lr_base": 2e-3, "lr_base_batch": 16, "warmup_steps": 2}],
+}
 
 
 def _run(args, mode):
     """mode: 'python' (1 process), 'torchrun' (2 ranks), 'slurm' (2 processes, SLURM variables)."""
-    args = [DRIVER, *args]
+    args = [TRAIN, *args]
     if mode == "python":
         p = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
         return [p.returncode], p.stdout + p.stderr
@@ -54,29 +69,31 @@ def _run(args, mode):
     return [p.returncode for p in procs], "".join(outs)
 
 
-def _launches(tmp):
-    """{launch: (mode, [(job name, driver args)], launches that must finish first)}. Every run
+def _launches(recipe):
+    """{launch: (mode, [(run name, train.py args)], launches that must finish first)}. Every run
     accumulates 2 micro-batches per step: 1 process x 8, or 2 ranks x 4."""
-    ck, nan, no_sync = ["--ckpt-every", "2"], ["--nan-step", "3"], ["--no-sync"]
-    one, two = [*EPS, "--micro", "8"], [*EPS, "--micro", "4"]
-    fsdp, zero3 = ["--strategy", "fsdp", *two], ["--strategy", "deepspeed", "--zero", "3", *two]
+    ck, nan, no_sync = ["checkpoint.every_steps=2"], ["--nan-step", "3"], ["--no-sync"]
+    one, two = [recipe, "stages.pretrain.eps=1e-3", "parallel.micro_batch=8"], [recipe, "stages.pretrain.eps=1e-3", "parallel.micro_batch=4"]
+    fsdp, zero3 = [*two, "parallel.strategy=fsdp"], [*two, "parallel.strategy=deepspeed", "parallel.zero_stage=3"]
     kill = ["--kill-step", str(KILL_STEP)]
-    bf16 = ["--set", "parallel.precision=bf16_params"]
+    # bf16 runs keep a checkpoint at step 10's gather: what the engine holds (fp32 master weights)
+    bf16 = ["parallel.precision=bf16_params", "checkpoint.every_steps=5", "--gather-at-save"]
     return {
         "single": ("python", [("single", [*one, *nan, *no_sync]), ("single_bf16", [*one, *bf16, *nan, *no_sync]),
                               ("single_killed", [*one, *nan, *ck, *kill])], []),
-        "native": ("torchrun", [("ddp", ["--strategy", "ddp", *two, *nan, *no_sync]), ("fsdp", [*fsdp, *nan, *no_sync]),
-                                ("ddp_bf16", ["--strategy", "ddp", *two, *bf16, *nan, *no_sync]),
+        "native": ("torchrun", [("ddp", [*two, "parallel.strategy=ddp", *nan, *no_sync]), ("fsdp", [*fsdp, *nan, *no_sync]),
+                                ("ddp_bf16", [*two, "parallel.strategy=ddp", *bf16, *nan, *no_sync]),
                                 ("fsdp_bf16", [*fsdp, *bf16, *nan, *no_sync]),
                                 ("fsdp_killed", [*fsdp, *nan, *ck, *kill])], []),
-        "zero": ("torchrun", [(f"zero{z}", ["--strategy", "deepspeed", "--zero", str(z), *two, *nan]) for z in (1, 2)]
+        "zero": ("torchrun", [(f"zero{z}", [*two, "parallel.strategy=deepspeed", f"parallel.zero_stage={z}", *nan]) for z in (1, 2)]
                  + [("zero3", [*zero3, *nan]), ("zero3_killed", [*zero3, *nan, *ck, *kill])], []),
-        "crash": ("slurm", [("crash", ["--strategy", "ddp", "--micro", "8", "--crash-step", "2", "--timeout-minutes", "0.1"])], []),
+        "crash": ("slurm", [("crash", [recipe, "parallel.strategy=ddp", "parallel.micro_batch=8", "--crash-step", "2",
+                                       "parallel.timeout_minutes=0.1"])], []),
         # the killed FSDP checkpoint, copied before it is resumed, finished on 1 rank
-        "world1": ("python", [("fsdp_world1", ["--strategy", "fsdp", *one, *nan, *ck])], ["native"]),
+        "world1": ("python", [("fsdp_world1", [*one, "parallel.strategy=fsdp", *nan, *ck])], ["native"]),
         # skips at steps 4-6 (1-based) read every 4 steps: divergence seen at step 8
         "resume1": ("python", [("single_killed", [*one, *nan, *ck]),
-                               ("diverge", ["--nan-step", "3-5", "--max-skips", "3", "--log-every", "4", *ck])], ["single"]),
+                               ("diverge", [recipe, "--nan-step", "3-5", "faults.max_consecutive_skips=3", "log.every_steps=4", *ck])], ["single"]),
         "preempt": ("slurm", [("fsdp_killed", [*fsdp, *nan, *ck, "--usr1-step", "8"])], ["native"]),  # after step 9
         "resume2": ("slurm", [("zero3_killed", [*zero3, *nan, *ck]), ("fsdp_killed", [*fsdp, *nan, *ck])], ["zero", "preempt"]),
     }
@@ -85,7 +102,11 @@ def _launches(tmp):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine")
-    launches = _launches(tmp)
+    with ShardSink(tmp / "shard") as sink:
+        sink.write({"__key__": "0", "jpg": b"", "txt": "unused"})
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "data": {**RECIPE["data"], "train": str(tmp / "shard")}}))
+    launches = _launches(str(recipe))
     done = {name: threading.Event() for name in launches}
     results, lock = {}, threading.Lock()
 
@@ -94,15 +115,15 @@ def runs(tmp_path_factory):
         try:
             for dep in after:
                 done[dep].wait()
-            args = [a for i, (job, job_args) in enumerate(jobs) for a in ([] if i == 0 else ["--then"]) + ["--out", str(tmp / job), *job_args]]
+            args = [a for i, (job, job_args) in enumerate(jobs) for a in ([] if i == 0 else ["--then"]) + [*job_args, f"run_dir={tmp / job}"]]
             start = time.monotonic()
             codes, log = _run(args, mode)
-            print(f"{name} ({mode}, {len(jobs)} jobs): {time.monotonic() - start:.0f} s", flush=True)
-            if name == "native":  # the killed 2-rank FSDP checkpoint, before "preempt" resumes it
+            print(f"{name} ({mode}, {len(jobs)} runs): {time.monotonic() - start:.0f} s", flush=True)
+            if name == "native":  # the killed 2-rank FSDP run, before "preempt" resumes it
                 shutil.copytree(tmp / "fsdp_killed", tmp / "fsdp_world1")
             with lock:
                 for i, (job, _) in enumerate(jobs):
-                    finished = log.count(f"[job done: {tmp / job}]") == len(codes)
+                    finished = log.count(f"[run done: {tmp / job}]") == len(codes)
                     job_codes = codes if i == len(jobs) - 1 else [0 if finished else -1] * len(codes)
                     results.setdefault(job, []).append((job_codes, log))
         finally:
@@ -122,11 +143,21 @@ def _ok(results, name, attempt=-1):
 
 
 def _losses(tmp, name):
-    return json.loads((tmp / name / "losses.json").read_text())
+    """Per step of metrics.jsonl (a redone step's last line counts): loss, lr, grad_norm, skipped."""
+    by_step = {}
+    for line in (tmp / name / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    out, skipped_before = [], 0
+    for step in sorted(by_step):
+        r = by_step[step]
+        out.append({"loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"], "skipped": r["skipped_steps"] > skipped_before})
+        skipped_before = r["skipped_steps"]
+    return out
 
 
 def _weights(tmp, name):
-    return load_file(str(tmp / name / "final.safetensors"))
+    return load_file(str(tmp / name / "pretrain.safetensors"))
 
 
 def _max_diff(a, b):
@@ -166,7 +197,8 @@ def test_bf16_params_on_two_ranks_matches_one_process(runs, name):
             assert abs(a["loss"] - b["loss"]) <= 1e-2 * abs(b["loss"]), (step, a, b)
     # measured: 7.9e-3 from fp32, 2.5e-3 from the one-process bf16 run; fp32 engines agree to 1e-5
     assert max(abs(a["loss"] - f["loss"]) for a, f in zip(ours, fp32) if not f["skipped"]) > 1e-3
-    assert all(v.dtype == torch.float32 for v in _weights(tmp, name).values())  # fp32 master weights
+    gathered = load_file(str(tmp / name / "gathered" / "step_5.safetensors"))  # the live engine's full_state_dict
+    assert all(v.dtype == torch.float32 for v in gathered.values())  # fp32 master weights
 
 
 def test_nan_step_is_skipped_and_the_run_continues(runs):
@@ -185,6 +217,8 @@ def test_sigkill_then_restart_equals_uninterrupted(runs, name, ref):
     killed, _ = results[name][0]
     assert any(c != 0 for c in killed), f"the run killed at step {KILL_STEP} exited cleanly"
     _ok(results, name)
+    resumed_at = 9 if name == "fsdp_killed" else 2 * (KILL_STEP // 2)  # fsdp_killed was preempted after step 9 too
+    assert f"resuming at step {resumed_at}" in results[name][-1][1], f"killed at step {KILL_STEP}"
     assert _max_diff(_weights(tmp, name), _weights(tmp, ref)) <= 1e-6, f"killed at step {KILL_STEP}"
     resumed, uninterrupted = _losses(tmp, name), _losses(tmp, ref)
     assert len(resumed) == 10
@@ -194,9 +228,10 @@ def test_sigkill_then_restart_equals_uninterrupted(runs, name, ref):
 
 
 def test_fsdp_resumes_on_a_different_world_size(runs):
-    """The 2-rank FSDP checkpoint (step 2*floor(KILL_STEP/2)) finished on 1 rank, micro-batch 16."""
+    """The 2-rank FSDP checkpoint (step 2*floor(KILL_STEP/2)) finished on 1 process, 2 micro-steps of 8."""
     tmp, results = runs
     _ok(results, "fsdp_world1")
+    assert f"resuming at step {2 * (KILL_STEP // 2)}" in results["fsdp_world1"][0][1], f"killed at step {KILL_STEP}"
     assert _max_diff(_weights(tmp, "fsdp_world1"), _weights(tmp, "fsdp")) <= 1e-5, f"killed at step {KILL_STEP}"
 
 
@@ -206,7 +241,7 @@ def test_sigusr1_checkpoints_and_exits_preempted_then_resumes(runs):
     codes, log = results["fsdp_killed"][1]
     assert codes == [exitcodes.PREEMPTED] * 2, log[-4000:]
     assert "preempted by SIGUSR1 after step 9" in log or "preempted by a signal on another rank after step 9" in log
-    assert (tmp / "fsdp_killed" / "checkpoints" / "step_00000009" / "manifest.json").exists()
+    assert (tmp / "fsdp_killed" / "checkpoints" / "pretrain" / "step_00000009" / "manifest.json").exists()
     _ok(results, "fsdp_killed")  # the third launch finished, equal to uninterrupted (test above)
 
 
@@ -217,7 +252,7 @@ def test_consecutive_nans_stop_the_run_as_diverged(runs):
     codes, log = results["diverge"][0]
     assert codes == [exitcodes.DIVERGED], log[-4000:]
     assert "3 consecutive non-finite steps starting at step 4, ending at step 6 (seen at step 8" in log
-    assert (tmp / "diverge" / "checkpoints" / "step_00000008" / "manifest.json").exists()
+    assert (tmp / "diverge" / "checkpoints" / "pretrain" / "step_00000008" / "manifest.json").exists()
 
 
 def test_a_crashed_rank_stops_the_other(runs):

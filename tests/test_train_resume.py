@@ -1,8 +1,9 @@
 """The full loop killed with SIGKILL in the middle of the fine-tune stage and started again ends
 with the same weights as an uninterrupted run, having trained on exactly the same samples at
-every step (nothing repeated, nothing skipped). The engine's own tests cover each strategy with a
-synthetic driver; this one covers the loop around it: stage files, data position, kept-patch
-seeds, the RNG, the ledger, zero-shot evaluations during the stage."""
+every step (nothing repeated, nothing skipped). The engine tests (test_parallel) resume each
+strategy with data in a global order; this one covers the real loader and the rest of the loop:
+stage files, data position, kept-patch seeds, the RNG, the ledger, zero-shot evaluations during
+the stage."""
 import json
 import os
 import signal
