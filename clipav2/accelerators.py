@@ -1,4 +1,4 @@
-"""Accelerators: $/device-hour and dense bf16 peak FLOP/s, plus detection from a device name.
+"""Accelerators: $/device-hour, dense bf16 peak FLOP/s and memory, plus detection from a device name.
 
 Prices move; every entry says where its number came from and when. Override with
 `cost.price_per_gpu_hour=...` (config) or `--price` (commands). TPU v3 is per chip, for reading
@@ -20,24 +20,28 @@ class Accelerator:
     price_per_hour: float  # USD per device-hour (one GPU, or one TPU chip)
     peak_flops: float | None  # dense bf16 FLOP/s; None where MFU means nothing (the CPU)
     source: str
+    memory_bytes: int | None = None  # the card's memory as torch reports it (nvidia-smi's MiB); `plan --memory`
+
+
+GIB = 2**30
 
 
 ACCELERATORS: dict[str, Accelerator] = {
     # GCP Compute Engine GPU pricing page, us-central1 on-demand, NVIDIA A100 40GB: $2.933908
     # per GPU-hour, GPU only (VM extra); read 2023-06. Peak: NVIDIA A100 datasheet, 312 TFLOP/s.
-    "a100-40gb": Accelerator("a100-40gb", 2.933908, 312e12, "GCP on-demand us-central1, 2023-06"),
+    "a100-40gb": Accelerator("a100-40gb", 2.933908, 312e12, "GCP on-demand us-central1, 2023-06", 40 * GIB),
     # The CLIPA-v2 paper's own price (arXiv 2306.15658, 2023-06, section 4): GCP A100-80GB.
-    "a100-80gb": Accelerator("a100-80gb", 1.575, 312e12, "CLIPA-v2 paper (GCP), 2023-06"),
+    "a100-80gb": Accelerator("a100-80gb", 1.575, 312e12, "CLIPA-v2 paper (GCP), 2023-06", 80 * GIB),
     # mercatus-ai.com/blog/cloud-gpu-pricing, 2026-05: specialty clouds $2.50-3.50 for H100
     # SXM5; midpoint. Peak: NVIDIA H100 SXM datasheet, 989 TFLOP/s dense bf16.
-    "h100": Accelerator("h100", 3.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05"),
+    "h100": Accelerator("h100", 3.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05", 80 * GIB),
     # The other H100 form factors have fewer SMs / lower clocks. Peaks: NVIDIA H100 datasheet,
     # bf16 with sparsity halved: PCIe 1,513 -> 756 TFLOP/s, NVL 1,671 -> 835 TFLOP/s. No separate
     # price quote is recorded: they are charged as the H100 SXM entry (set cost.price_per_gpu_hour).
-    "h100-pcie": Accelerator("h100-pcie", 3.00, 756e12, "price as h100 (no separate quote); peak NVIDIA datasheet"),
-    "h100-nvl": Accelerator("h100-nvl", 3.00, 835e12, "price as h100 (no separate quote); peak NVIDIA datasheet"),
+    "h100-pcie": Accelerator("h100-pcie", 3.00, 756e12, "price as h100 (no separate quote); peak NVIDIA datasheet", 80 * GIB),
+    "h100-nvl": Accelerator("h100-nvl", 3.00, 835e12, "price as h100 (no separate quote); peak NVIDIA datasheet", 94 * GIB),
     # Same page, 2026-05: specialty clouds $3.50-4.50 for H200 SXM5; midpoint. Same compute as H100.
-    "h200": Accelerator("h200", 4.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05"),
+    "h200": Accelerator("h200", 4.00, 989e12, "specialty-cloud midpoint, mercatus-ai.com, 2026-05", 143771 * 2**20),
     # cloud.google.com/tpu/pricing, v3-8 device on-demand $8.00/h = 4 chips, read 2022-10.
     # Peak: 123 TFLOP/s bf16 per chip (Google TPU v3 system architecture page).
     "tpu-v3": Accelerator("tpu-v3", 2.00, 123e12, "GCP Cloud TPU on-demand, 2022-10"),

@@ -112,6 +112,7 @@ def test_pytest_prints_its_summary_line(tmp_path):
     assert "1 passed" in r.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # a whole training run
 def test_a_cpu_run_says_its_threads_and_expected_time_and_raises_no_alarm(tmp_path_factory, tmp_path):
     """No "ERROR" anywhere in a good run (the kernel probe's profiler used to print one on every
     CPU run); the threads in use (OMP_NUM_THREADS=1 here) before the first step; after the first

@@ -66,6 +66,7 @@ def test_the_folder_holds_its_tokenizer_and_the_set_its_c_templates(exported):
     assert len((wds / "classnames.txt").read_text().splitlines()) == 36
 
 
+@pytest.mark.slow  # clip_benchmark's own process and evaluation
 def test_clip_benchmark_agrees_with_clipav2_eval_offline(exported, tmp_path, capsys):
     model, folder, shards, wds = exported
     out, result, clf = tmp_path / "open_clip.json", tmp_path / "result.json", tmp_path / "clf.pt"

@@ -5,6 +5,7 @@ shapes once; evaluation under `eager()` compiles nothing."""
 import dataclasses
 import time
 
+import pytest
 import torch
 from torch._dynamo.utils import calculate_time_spent, counters
 
@@ -31,6 +32,7 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.slow  # inductor compiles every block shape
 def test_static_graphs_one_per_tower_and_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, as on a new node
     torch._dynamo.reset()

@@ -56,7 +56,7 @@ def _image_reference(model, images, gap: bool):
 
 # One of each pool (the L/16 variants differ only in context length, checked against the JSON
 # numbers below): full-size models are slow to build on the CPU.
-@pytest.mark.parametrize("name", ["ViT-B-16-CL16", "ViT-L-16-CL8-Syntax-GAP"])
+@pytest.mark.parametrize("name", ["ViT-B-16-CL16", pytest.param("ViT-L-16-CL8-Syntax-GAP", marks=pytest.mark.slow)])
 def test_clipa_torch_checkpoint_loads_and_matches(name, tmp_path):
     cfg = CLIPA_TORCH_JSON[name]
     ref = _open_clip_model(cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from clipav2.accelerators import get_accelerator
 from clipav2.config import load_config
 from clipav2.train import memory_estimate as me
 
@@ -27,13 +28,13 @@ def test_the_memory_model_agrees_with_the_tracker(recipe, card):
     for index, stage in enumerate(cfg.stages):
         s = resolve(cfg, index, 8)
         key = (cfg.model.name, s.image_size, s.kept_image_tokens, s.text_len, s.global_batch)
-        row = me.compare(cfg, index, 8, me.DEVICE_BYTES[card], tracked=_TRACKED.setdefault(key, {}))
+        row = me.compare(cfg, index, 8, get_accelerator(card).memory_bytes, tracked=_TRACKED.setdefault(key, {}))
         ratio = row["analytic_bytes"] / row["tracked"]["total"]
         print(f"{recipe} {stage.name} on {card}: micro-batch {row['micro_batch']} x {row['micro_steps']}, analytic "
               f"{row['analytic_bytes'] / me.GIB:.2f} GiB ({row['analytic_at']}), tracked "
               f"{row['tracked']['total'] / me.GIB:.2f} GiB ({row['tracked_at']}), ratio {ratio:.3f}")
         assert 0.9 <= ratio <= 1.1, (recipe, stage.name, ratio)
-        assert row["tracked"]["total"] <= me.DEVICE_BYTES[card]  # what auto picks fits the card
+        assert row["tracked"]["total"] <= get_accelerator(card).memory_bytes  # what auto picks fits the card
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "single"])

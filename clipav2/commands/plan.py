@@ -128,11 +128,12 @@ def _memory(args) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         gpu = args.gpu or (cfg.cost.gpu if cfg.cost.gpu != "auto" else "h100")
-        from clipav2.accelerators import get_accelerator
+        from clipav2.accelerators import ACCELERATORS, get_accelerator
 
-        card = get_accelerator(gpu).name
-        if card not in me.DEVICE_BYTES:
-            raise ValueError(f"--gpu: no memory size known for {card}; one of {', '.join(me.DEVICE_BYTES)}")
+        card = get_accelerator(gpu)
+        if card.memory_bytes is None:
+            known = [a.name for a in ACCELERATORS.values() if a.memory_bytes is not None]
+            raise ValueError(f"--gpu: no memory size known for {card.name}; one of {', '.join(known)}")
         gpus = 8 if args.gpus is None else args.gpus
         if gpus < 1:
             raise ValueError(f"--gpus: {gpus} must be >= 1")
@@ -147,12 +148,12 @@ def _memory(args) -> int:
     quiet_library_warnings()  # the loss's autograd all_gather is deprecated: nothing to act on here
     rows, cache, t = [], {}, time.perf_counter()
     for index in range(len(cfg.stages)):
-        rows.append(me.compare(cfg, index, gpus, me.DEVICE_BYTES[card], args.full_depth, tracked=cache))
+        rows.append(me.compare(cfg, index, gpus, card.memory_bytes, args.full_depth, tracked=cache))
     seconds = time.perf_counter() - t
     if args.json:
-        print(json.dumps({"gpu": card, "gpus": gpus, "full_depth": args.full_depth, "seconds": seconds, "stages": rows}, indent=1))
+        print(json.dumps({"gpu": card.name, "gpus": gpus, "full_depth": args.full_depth, "seconds": seconds, "stages": rows}, indent=1))
         return exitcodes.OK
-    print(me.render(rows, card, gpus, cfg.parallel.strategy, args.full_depth, seconds))
+    print(me.render(rows, card.name, gpus, cfg.parallel.strategy, args.full_depth, seconds))
     return exitcodes.OK
 
 

@@ -8,6 +8,8 @@ it) reproduces open_clip's model_profile.csv: 167.50 / 354.02 / 1007.93 GFLOPs f
 224 px. The training figures usually quoted (H/14 @84 T8 = 151 GFLOPs, ...) leave it out:
 `class_token=False`. LayerNorm, GELU, softmax and embedding look-ups are not counted (< 0.1%).
 """
+import functools
+
 from clipav2.models.arch import ClipArch, get_arch
 
 
@@ -83,14 +85,20 @@ def count_params(arch) -> dict:
     device. "total" adds the temperature. With pos_embed="sincos" the image position table is a
     fixed buffer and not counted; open_clip stores it as a parameter, so compare open_clip's
     numbers with `get_arch(name, pos_embed="learned")`."""
+    return dict(_count_params(_arch(arch)))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_params(arch) -> tuple:
+    """Built once per architecture: `micro_batch.choose` asks for every candidate size."""
     import torch
 
     from clipav2.models.clip import CLIP
 
     with torch.device("meta"):
-        model = CLIP(_arch(arch))
+        model = CLIP(arch)
 
     def n(module):
         return sum(p.numel() for p in module.parameters())
 
-    return {"total": n(model), "image": n(model.visual), "text": n(model.text)}
+    return (("total", n(model)), ("image", n(model.visual)), ("text", n(model.text)))

@@ -237,9 +237,6 @@ def estimate(cfg, index: int, world_size: int, micro_batch: int, full_depth: boo
 
 
 GIB = 2**30
-# total memory of each card as torch reports it (nvidia-smi's MiB), for `--gpu`
-DEVICE_BYTES = {"a100-40gb": 40 * GIB, "a100-80gb": 80 * GIB, "h100": 80 * GIB, "h100-pcie": 80 * GIB,
-                "h100-nvl": 94 * GIB, "h200": 143771 * 2**20}
 
 
 def compare(cfg, index: int, world_size: int, device_bytes: int, full_depth: bool = False, tracked=None) -> dict:
