@@ -76,7 +76,7 @@ def _launches(recipe):
     one, two = [recipe, "stages.pretrain.eps=1e-3", "parallel.micro_batch=8"], [recipe, "stages.pretrain.eps=1e-3", "parallel.micro_batch=4"]
     fsdp, zero3 = [*two, "parallel.strategy=fsdp"], [*two, "parallel.strategy=deepspeed", "parallel.zero_stage=3"]
     kill = ["--kill-step", str(KILL_STEP)]
-    # bf16 runs keep a checkpoint at step 10's gather: what the engine holds (fp32 master weights)
+    # bf16 runs checkpoint after step 5 and save the live engine's gather beside it: the weights it holds (fp32 masters)
     bf16 = ["parallel.precision=bf16_params", "checkpoint.every_steps=5", "--gather-at-save"]
     return {
         "single": ("python", [("single", [*one, *nan, *no_sync]), ("single_bf16", [*one, *bf16, *nan, *no_sync]),
