@@ -32,6 +32,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from clipav2.accelerators import GIB
+
 RECORD = "micro_batch.json"
 RESERVE = 0.10
 
@@ -123,13 +125,12 @@ def choose(cfg, stage, world_size: int, device_bytes: int, precision: str) -> di
 
 
 def explain(stage_name: str, fit: dict) -> str:
-    gib = 2**30
     head = (f"[{stage_name}] micro-batch auto: {fit['micro_batch']} of a per-rank batch of {fit['per_rank_batch']} "
-            f"(model: {fit['predicted_bytes'] / gib:.1f} of {fit['device_bytes'] / gib:.1f} GiB)")
+            f"(model: {fit['predicted_bytes'] / GIB:.1f} of {fit['device_bytes'] / GIB:.1f} GiB)")
     if fit["micro_steps"] == 1:
         return head + "; no gradient accumulation"
     return (head + f"; {fit['micro_steps']} micro-steps of accumulation because the per-rank batch needs "
-            f"{fit['whole_batch_bytes'] / gib:.1f} GiB at once: each step adds a "
+            f"{fit['whole_batch_bytes'] / GIB:.1f} GiB at once: each step adds a "
             f"no-grad forward of the whole batch (+27% compute with every block checkpointed, +1/3 without) to keep the loss over the global batch; "
             f"checkpointing more blocks (model.checkpointing) or more GPUs avoids it")
 

@@ -29,6 +29,8 @@ from copy import deepcopy
 import torch
 import torch.distributed as dist
 
+from clipav2.accelerators import GIB
+
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
 
 # the trackers' reference types -> our categories (FSDP's all-gather output holds the unsharded
@@ -234,9 +236,6 @@ def estimate(cfg, index: int, world_size: int, micro_batch: int, full_depth: boo
     arch = resolve(cfg, index).arch
     return extrapolate([track_step(cfg, index, world_size, micro_batch, d) for d in PROBES],
                        (arch.vision.depth, arch.text.depth))
-
-
-GIB = 2**30
 
 
 def compare(cfg, index: int, world_size: int, device_bytes: int, full_depth: bool = False, tracked=None) -> dict:

@@ -37,8 +37,6 @@ from clipav2.train.checkpoint import CheckpointManager
 from clipav2.train.step import TrainStep
 from nosync import forbid_host_sync
 
-VOCAB = 32000
-
 
 def parse(argv):
     ap = argparse.ArgumentParser()
@@ -65,11 +63,11 @@ def runs(argv):
     return [parse(p) for p in [*parts, current]]
 
 
-def sample(index: int, image_size: int, text_len: int):
-    """Global sample `index`: a uint8 image and token ids, the same in every process."""
+def sample(index: int, stage):
+    """Global sample `index` at the stage's shapes: a uint8 image and token ids, the same in every process."""
     g = torch.Generator().manual_seed(index)
-    image = torch.randint(0, 256, (3, image_size, image_size), generator=g, dtype=torch.uint8)
-    return image, torch.randint(1, VOCAB, (text_len,), generator=g)
+    image = torch.randint(0, 256, (3, stage.image_size, stage.image_size), generator=g, dtype=torch.uint8)
+    return image, torch.randint(1, stage.arch.text.vocab_size, (stage.text_len,), generator=g)
 
 
 class GlobalOrder:
@@ -86,7 +84,7 @@ class GlobalOrder:
         while True:
             step, m = divmod(self.delivered, s.grad_accum)
             lo = step * s.global_batch + m * (s.global_batch // s.grad_accum) + self.rank * s.micro_batch
-            images, ids = zip(*(sample(i, s.image_size, s.text_len) for i in range(lo, lo + s.micro_batch)))
+            images, ids = zip(*(sample(i, s) for i in range(lo, lo + s.micro_batch)))
             self.delivered += 1
             yield {"images": torch.stack(images), "text": torch.stack(ids), "keys": [str(i) for i in range(lo, lo + s.micro_batch)]}
 
